@@ -1,0 +1,25 @@
+"""The `arena` command line."""
+
+from __future__ import annotations
+
+import click
+
+from arena_cli import stack_commands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="arena-flywheel")
+def cli() -> None:
+    """Arena Flywheel: simulated chatbot-arena battles, Elo leaderboards and a post-training
+    data flywheel."""
+
+
+stack_commands.register(cli)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Flywheel domain: the run spec and the iteration state machine (no transport)."""

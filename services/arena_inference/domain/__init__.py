@@ -1,0 +1,1 @@
+"""Inference domain: model registry, request hashing and batching rules (no transport)."""

@@ -1,0 +1,1 @@
+"""Judge domain: prompts, verdict parsing, position-swap aggregation (no transport)."""

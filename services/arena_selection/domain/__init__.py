@@ -1,0 +1,1 @@
+"""Selection domain: pool cleaning, splits, test-set construction, training data (no transport)."""

@@ -1,0 +1,1 @@
+"""Training domain: recipes and run state (no transport)."""
