@@ -52,7 +52,10 @@ class StackPorts:
         """Every port the stack will listen on, with what it is for."""
         taken = [(self.nats, "NATS")]
         for service in SERVICES:
-            taken += [(self.grpc(service), f"{service} gRPC"), (self.metrics(service), f"{service} metrics")]
+            taken += [
+                (self.grpc(service), f"{service} gRPC"),
+                (self.metrics(service), f"{service} metrics"),
+            ]
         return taken
 
 
@@ -121,7 +124,8 @@ def check_ports_free(ports: StackPorts) -> None:
     busy = [f"{port} ({purpose})" for port, purpose in ports.claims() if not port_is_free(port)]
     if busy:
         raise FailedPreconditionError(
-            "ports already in use: " + ", ".join(busy)
+            "ports already in use: "
+            + ", ".join(busy)
             + ". Choose others with --nats-port/--grpc-base-port/--metrics-base-port "
             "or stop what holds them."
         )
@@ -132,7 +136,12 @@ async def service_health(state: StackState) -> list[dict[str, str]]:
 
     async def one(entry: ServiceEntry) -> dict[str, str]:
         status = await check_health(entry.grpc, timeout=1.5)
-        return {"service": entry.service, "status": status, "grpc": entry.grpc, "metrics": entry.metrics}
+        return {
+            "service": entry.service,
+            "status": status,
+            "grpc": entry.grpc,
+            "metrics": entry.metrics,
+        }
 
     return list(await asyncio.gather(*(one(entry) for entry in state.services)))
 
@@ -192,7 +201,9 @@ Observer = Callable[[StackState, list[dict[str, str]]], None]
 class Supervisor:
     """Starts the stack, keeps every service running, and stops it all on request."""
 
-    def __init__(self, home: Path, ports: StackPorts, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, ports: StackPorts, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.home = home
         self.ports = ports
         self.state = planned_state(home, ports)
@@ -254,7 +265,9 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 
-    async def wait_healthy(self, timeout: float, observe: Observer | None = None) -> list[dict[str, str]]:
+    async def wait_healthy(
+        self, timeout: float, observe: Observer | None = None
+    ) -> list[dict[str, str]]:
         deadline = time.monotonic() + timeout
         rows = await service_health(self.state)
         while time.monotonic() < deadline:
@@ -269,7 +282,9 @@ class Supervisor:
                     f"{', '.join(crashed)} exited during start-up; see {self.home / 'logs'}"
                 )
             await asyncio.sleep(0.5)
-        unhealthy = [f"{row['service']}={row['status']}" for row in rows if row["status"] != "SERVING"]
+        unhealthy = [
+            f"{row['service']}={row['status']}" for row in rows if row["status"] != "SERVING"
+        ]
         raise FailedPreconditionError(
             f"not healthy after {timeout:.0f}s: {', '.join(unhealthy)}; see {self.home / 'logs'}"
         )
@@ -310,10 +325,10 @@ def unhealthy(rows: list[dict[str, str]]) -> list[str]:
 
 __all__ = [
     "SERVICES",
+    "UNREACHABLE",
     "StackPorts",
     "StackState",
     "Supervisor",
-    "UNREACHABLE",
     "arena_home",
     "running_supervisor",
     "service_health",

@@ -56,17 +56,28 @@ def status_table(state: StackState, rows: list[dict[str, str]]) -> Table:
 
 def _ports_options(function: click.decorators.FC) -> click.decorators.FC:
     function = click.option(
-        "--metrics-base-port", type=int, default=9101, show_default=True,
-        envvar="ARENA_STACK_METRICS_BASE_PORT", help="First /metrics port; one per service.",
+        "--metrics-base-port",
+        type=int,
+        default=9101,
+        show_default=True,
+        envvar="ARENA_STACK_METRICS_BASE_PORT",
+        help="First /metrics port; one per service.",
     )(function)
     function = click.option(
-        "--grpc-base-port", type=int, default=50051, show_default=True,
-        envvar="ARENA_STACK_GRPC_BASE_PORT", help="First gRPC port; one per service in order "
-        + ", ".join(SERVICES) + ".",
+        "--grpc-base-port",
+        type=int,
+        default=50051,
+        show_default=True,
+        envvar="ARENA_STACK_GRPC_BASE_PORT",
+        help="First gRPC port; one per service in order " + ", ".join(SERVICES) + ".",
     )(function)
     function = click.option(
-        "--nats-port", type=int, default=4222, show_default=True,
-        envvar="ARENA_STACK_NATS_PORT", help="Port of the local nats-server.",
+        "--nats-port",
+        type=int,
+        default=4222,
+        show_default=True,
+        envvar="ARENA_STACK_NATS_PORT",
+        help="Port of the local nats-server.",
     )(function)
     return function
 
@@ -75,13 +86,20 @@ def _ports_options(function: click.decorators.FC) -> click.decorators.FC:
 @_ports_options
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; stop with `arena down`.")
 @click.option(
-    "--exit-when-healthy", is_flag=True,
+    "--exit-when-healthy",
+    is_flag=True,
     help="Start everything, print the status once all services are SERVING, then stop.",
 )
-@click.option("--timeout", type=float, default=90.0, show_default=True, help="Seconds to become healthy.")
+@click.option(
+    "--timeout", type=float, default=90.0, show_default=True, help="Seconds to become healthy."
+)
 def up(
-    nats_port: int, grpc_base_port: int, metrics_base_port: int, detach: bool,
-    exit_when_healthy: bool, timeout: float,
+    nats_port: int,
+    grpc_base_port: int,
+    metrics_base_port: int,
+    detach: bool,
+    exit_when_healthy: bool,
+    timeout: float,
 ) -> None:
     """Start nats-server and every service as local processes, and keep them running."""
     ports = StackPorts(nats=nats_port, grpc_base=grpc_base_port, metrics_base=metrics_base_port)
@@ -95,13 +113,16 @@ def up(
         raise click.ClickException(str(error)) from None
 
 
-async def _run_foreground(home: os.PathLike[str], ports: StackPorts, timeout: float, once: bool) -> None:
+async def _run_foreground(
+    home: os.PathLike[str], ports: StackPorts, timeout: float, once: bool
+) -> None:
     supervisor = Supervisor(arena_home(), ports)
     stop = asyncio.Event()
     install_stop_signals(stop)
     supervisor.start()
     try:
         with Live(console=console, refresh_per_second=4, transient=once) as live:
+
             def observe(state: StackState, rows: list[dict[str, str]]) -> None:
                 live.update(status_table(state, rows))
 
@@ -130,13 +151,22 @@ def _start_detached(home: os.PathLike[str], ports: StackPorts, timeout: float) -
     with open(home_path / "logs" / "supervisor.log", "ab") as output:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "arena_cli.main", "up",
-                "--nats-port", str(ports.nats),
-                "--grpc-base-port", str(ports.grpc_base),
-                "--metrics-base-port", str(ports.metrics_base),
-                "--timeout", str(timeout),
+                sys.executable,
+                "-m",
+                "arena_cli.main",
+                "up",
+                "--nats-port",
+                str(ports.nats),
+                "--grpc-base-port",
+                str(ports.grpc_base),
+                "--metrics-base-port",
+                str(ports.metrics_base),
+                "--timeout",
+                str(timeout),
             ],
-            stdout=output, stderr=output, stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
             env={**os.environ, "ARENA_HOME": str(home_path), "TERM": "dumb"},
         )
@@ -150,7 +180,9 @@ def _start_detached(home: os.PathLike[str], ports: StackPorts, timeout: float) -
         rows = asyncio.run(service_health(state))
         if all(row["status"] == "SERVING" for row in rows):
             console.print(status_table(StackState.read(home_path) or state, rows))
-            console.print(f"stack running in the background (pid {process.pid}); `arena down` stops it")
+            console.print(
+                f"stack running in the background (pid {process.pid}); `arena down` stops it"
+            )
             return
         time.sleep(0.5)
     process.send_signal(signal.SIGTERM)

@@ -16,7 +16,21 @@ from prometheus_client.exposition import start_http_server
 from arena_core.errors import ConfigurationError
 
 LATENCY_BUCKETS_SECONDS = (
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
 )
 
 SERVICE_INFO = Info("arena_service", "Build information of the running service.", ["service"])

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from nats.aio.client import Client
@@ -41,10 +42,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Subscription:
-    """A durable consumer and the handler for each message type it receives."""
+    """A durable consumer and the handler for each message type it receives.
+
+    Without handlers the durable consumer is still created, so JetStream keeps every message for
+    it until a handler is deployed: nothing published before then is lost.
+    """
 
     spec: ConsumerSpec
-    handlers: Mapping[type[Message], Handler]
+    handlers: Mapping[type[Message], Handler] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,7 +71,7 @@ class ServiceParts:
     grpc_services: Sequence[GrpcService] = ()
     streams: Sequence[StreamSpec] = ()
     subscriptions: Sequence[Subscription] = ()
-    background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
 class ServiceHost:
@@ -99,8 +104,11 @@ class ServiceHost:
             consumers = [
                 EventConsumer(bus.js, subscription.spec, subscription.handlers, self.service)
                 for subscription in parts.subscriptions
+                if subscription.handlers
             ]
-            tasks = [asyncio.create_task(consumer.run(), name=consumer.durable) for consumer in consumers]
+            tasks = [
+                asyncio.create_task(consumer.run(), name=consumer.durable) for consumer in consumers
+            ]
             tasks += [asyncio.create_task(job()) for job in parts.background]
             stack.push_async_callback(_stop_tasks, consumers, tasks)
 
@@ -157,7 +165,9 @@ async def _wait_first(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]]) 
             raise task.exception()  # type: ignore[misc]
 
 
-async def _stop_tasks(consumers: Sequence[EventConsumer], tasks: Sequence[asyncio.Task[None]]) -> None:
+async def _stop_tasks(
+    consumers: Sequence[EventConsumer], tasks: Sequence[asyncio.Task[None]]
+) -> None:
     for consumer in consumers:
         consumer.stop()
     # Consumers finish the message in hand; background jobs are cancelled.
@@ -179,10 +189,11 @@ def _version() -> str:
         return "unknown"
 
 
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
 def run_service(
-    service: str,
-    settings_class: type[ServiceSettings],
-    wiring: Callable[[ServiceSettings], Wiring],
+    service: str, settings_class: type[SettingsT], wiring: Callable[[SettingsT], Wiring]
 ) -> None:
     """The body of every service's `__main__`: settings once, logging, then run until SIGTERM."""
 

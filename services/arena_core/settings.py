@@ -157,9 +157,7 @@ def load_settings(settings_class: type[SettingsT], **overrides: Any) -> Settings
             message = detail["msg"].removeprefix("Value error, ")
             shown = "" if _is_secret(variable) else f" (got {detail.get('input')!r})"
             problems.append(f"{variable}: {message}{shown}")
-        raise ConfigurationError(
-            "invalid configuration:\n  " + "\n  ".join(problems)
-        ) from None
+        raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 
 def _is_secret(variable: str) -> bool:

@@ -10,7 +10,13 @@ import nats
 from nats.js import JetStreamContext
 
 from arena.inference.v1 import events_pb2
-from arena_core.bus.topology import DEAD_LETTERS, ConsumerSpec, ensure_consumer, ensure_streams, stream_of
+from arena_core.bus.topology import (
+    DEAD_LETTERS,
+    ConsumerSpec,
+    ensure_consumer,
+    ensure_streams,
+    stream_of,
+)
 from arena_core.settings import ConsumerSettings, NatsSettings
 
 WORK_ITEM = events_pb2.GenerationRequested
@@ -37,7 +43,7 @@ async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
 async def work_queue_consumer(
     js: JetStreamContext, url: str, durable: str | None = None, **policy: float
 ) -> ConsumerSpec:
-    """A fresh durable consumer on the inference work queue (purged, so tests don't see each other)."""
+    """A fresh durable consumer on the inference work queue, purged so tests stay independent."""
     settings = NatsSettings(url=url)
     stream = stream_of(WORK_ITEM)
     await ensure_streams(js, [DEAD_LETTERS, stream], settings)

@@ -48,7 +48,9 @@ async def main(url: str, durable: str, attempts_log: Path, stall_on: str) -> Non
         message_types=(events_pb2.GenerationRequested,),
         policy=ConsumerSettings(ack_wait_seconds=2.0, fetch_batch=1),
     )
-    consumer = EventConsumer(js, spec, {events_pb2.GenerationRequested: record_battle}, "crash-test")
+    consumer = EventConsumer(
+        js, spec, {events_pb2.GenerationRequested: record_battle}, "crash-test"
+    )
     log("ready")
     await consumer.run()
 

@@ -13,10 +13,17 @@ from arena_core.bus.events import EventPublisher
 from arena_core.bus.subjects import DEAD_LETTER_STREAM, dead_letter_subject, subject_of
 from arena_core.bus.topology import ConsumerSpec
 from arena_core.errors import InvalidArgumentError
-from tests.integration.bus_support import WORK_ITEM, generation_request, jetstream, work_queue_consumer
+from tests.integration.bus_support import (
+    WORK_ITEM,
+    generation_request,
+    jetstream,
+    work_queue_consumer,
+)
 
 
-async def _run_until(consumer: EventConsumer, condition: asyncio.Event, timeout: float = 20) -> None:
+async def _run_until(
+    consumer: EventConsumer, condition: asyncio.Event, timeout: float = 20
+) -> None:
     task = asyncio.create_task(consumer.run())
     try:
         await asyncio.wait_for(condition.wait(), timeout)
@@ -98,9 +105,7 @@ async def test_malformed_payload_is_dead_lettered_and_the_next_message_still_han
 
 async def test_failing_handler_is_retried_then_dead_lettered(nats_url: str) -> None:
     async with jetstream(nats_url) as js:
-        spec = await work_queue_consumer(
-            js, nats_url, max_deliveries=3, retry_backoff_seconds=0.05
-        )
+        spec = await work_queue_consumer(js, nats_url, max_deliveries=3, retry_backoff_seconds=0.05)
         await EventPublisher(js, "test").publish(generation_request("always fails"))
         attempts: list[int] = []
         done = asyncio.Event()

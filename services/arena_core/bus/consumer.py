@@ -68,7 +68,9 @@ class EventConsumer:
         self._js = js
         self._spec = spec
         self._service = service
-        self._handlers = {route_of(kind).subject: (kind, handler) for kind, handler in handlers.items()}
+        self._handlers = {
+            route_of(kind).subject: (kind, handler) for kind, handler in handlers.items()
+        }
         self._stopping = asyncio.Event()
 
     @property
@@ -141,7 +143,7 @@ class EventConsumer:
         except (PermanentError, InvalidArgumentError) as error:
             await self._dead_letter(message, f"{type(error).__name__}: {error}")
             return "dead_lettered"
-        except Exception as error:  # noqa: BLE001 - any failure is retried, within budget
+        except Exception as error:
             if attempt >= self._spec.policy.max_deliveries:
                 log.exception("handler failed on its last delivery", extra=self._where(message))
                 await self._dead_letter(message, f"failed {attempt} times: {error!r}")

@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 
+from arena.common.v1.common_pb2 import EventMetadata
 from arena_core.bus.subjects import route_of
 from arena_core.metrics import EVENTS_PUBLISHED
 
 EVENT_TYPE_HEADER = "Arena-Event-Type"
 MSG_ID_HEADER = "Nats-Msg-Id"
-
-
-class EventMetadataLike(Protocol):
-    event_id: str
-    producer: str
-    correlation_id: str
-    causation_id: str
-
-    @property
-    def occurred_at(self) -> object: ...
 
 
 EventT = TypeVar("EventT", bound=Message)
@@ -35,11 +26,12 @@ def stable_event_id(*parts: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex
 
 
-def metadata_of(event: Message) -> EventMetadataLike:
+def metadata_of(event: Message) -> EventMetadata:
+    """The `EventMetadata` every event carries as field 1."""
     field = event.DESCRIPTOR.fields_by_number.get(1)
-    if field is None or field.name != "metadata":
-        raise TypeError(f"{event.DESCRIPTOR.full_name} has no `metadata` as its first field")
-    metadata: EventMetadataLike = getattr(event, "metadata")
+    if field is None or field.name != "metadata" or field.message_type != EventMetadata.DESCRIPTOR:
+        raise TypeError(f"{event.DESCRIPTOR.full_name} has no EventMetadata `metadata` field first")
+    metadata: EventMetadata = getattr(event, field.name)
     return metadata
 
 
@@ -64,7 +56,7 @@ class EventPublisher:
             metadata.event_id = event_id
         elif not metadata.event_id:
             metadata.event_id = uuid.uuid4().hex
-        occurred_at = getattr(metadata, "occurred_at")
+        occurred_at = metadata.occurred_at
         if not occurred_at.seconds and not occurred_at.nanos:
             occurred_at.FromDatetime(datetime.now(UTC))
         metadata.producer = metadata.producer or self._producer

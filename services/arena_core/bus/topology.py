@@ -45,6 +45,11 @@ def stream_for(kind: Kind, domain: str) -> StreamSpec:
     )
 
 
+def domain_streams(domain: str) -> tuple[StreamSpec, StreamSpec]:
+    """The work queue a domain consumes and the event stream it publishes."""
+    return stream_for("work", domain), stream_for("events", domain)
+
+
 def stream_of(message_type: type[Message]) -> StreamSpec:
     route = route_of(message_type)
     return stream_for(route.kind, route.domain)
@@ -65,6 +70,16 @@ class ConsumerSpec:
     stream: str
     message_types: tuple[type[Message], ...]
     policy: ConsumerSettings = field(default_factory=ConsumerSettings)
+
+    @classmethod
+    def on(
+        cls, durable: str, message_types: Sequence[type[Message]], policy: ConsumerSettings
+    ) -> ConsumerSpec:
+        """A consumer of `message_types`, on the one stream they all belong to."""
+        streams = {stream_of(message_type).name for message_type in message_types}
+        if len(streams) != 1:
+            raise ValueError(f"consumer {durable} spans streams {sorted(streams)}; use one each")
+        return cls(durable, streams.pop(), tuple(message_types), policy)
 
     @property
     def filter_subjects(self) -> list[str]:
@@ -148,4 +163,3 @@ async def ensure_object_store(
             bucket=bucket, storage=api.StorageType.FILE, replicas=settings.stream_replicas
         ),
     )
-

@@ -36,6 +36,8 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (errors.ConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
+    # What generated base servicers raise for an RPC the service does not implement.
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
 )
 
 Behavior = Callable[[Any, aio.ServicerContext[Any, Any]], Any]
@@ -48,7 +50,7 @@ def status_for(error: BaseException) -> grpc.StatusCode | None:
     return None
 
 
-class _AroundInterceptor(aio.ServerInterceptor, ABC):  # type: ignore[misc]
+class _AroundInterceptor(aio.ServerInterceptor, ABC):
     """Runs `around()` as a context around every RPC, unary or streaming."""
 
     @abstractmethod
@@ -58,10 +60,10 @@ class _AroundInterceptor(aio.ServerInterceptor, ABC):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
+    ) -> Any:
+        handler: Any = await continuation(handler_call_details)
         if handler is None:
             return None
         method: str = handler_call_details.method
@@ -93,7 +95,9 @@ class _AroundInterceptor(aio.ServerInterceptor, ABC):  # type: ignore[misc]
         return wrapped
 
     def _streaming(self, method: str, behavior: Behavior) -> Behavior:
-        async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def wrapped(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             async with self.around(method, context):
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
@@ -121,7 +125,7 @@ class RequestContextInterceptor(_AroundInterceptor):
         try:
             yield
         finally:
-            code = context.code() or grpc.StatusCode.OK
+            code = _current_code(context) or grpc.StatusCode.OK
             level = logging.DEBUG if code == grpc.StatusCode.OK else logging.WARNING
             log.log(
                 level,
@@ -153,10 +157,10 @@ class MetricsInterceptor(_AroundInterceptor):
         try:
             yield
         except BaseException as error:
-            code = context.code() or status_for(error) or grpc.StatusCode.UNKNOWN
+            code = _current_code(context) or status_for(error) or grpc.StatusCode.UNKNOWN
             raise
         else:
-            code = context.code() or grpc.StatusCode.OK
+            code = _current_code(context) or grpc.StatusCode.OK
         finally:
             in_flight.dec()
             GRPC_HANDLING_SECONDS.labels(self._service, method).observe(
@@ -176,7 +180,7 @@ class ErrorMappingInterceptor(_AroundInterceptor):
             yield
         except aio.AbortError:
             raise
-        except Exception as error:  # noqa: BLE001 - the boundary where every error becomes a status
+        except Exception as error:
             code = status_for(error)
             if code is None:
                 log.exception("unhandled error in %s", method)
@@ -186,6 +190,12 @@ class ErrorMappingInterceptor(_AroundInterceptor):
                 )
             else:
                 await context.abort(code, str(error))
+
+
+def _current_code(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode | None:
+    """The code set on the call so far; None (not OK) while nothing has been set."""
+    code: grpc.StatusCode | None = context.code()
+    return code
 
 
 def _code_name(code: grpc.StatusCode | str | Any) -> str:

@@ -35,7 +35,9 @@ class GrpcService:
     full_name: str
 
 
-def grpc_service(servicer: Any, register: Callable[[Any, aio.Server], None], descriptor: Any) -> GrpcService:
+def grpc_service(
+    servicer: Any, register: Callable[[Any, aio.Server], None], descriptor: Any
+) -> GrpcService:
     """Binds a servicer using its generated `ServiceDescriptor` for the name, never a string."""
     return GrpcService(servicer=servicer, register=register, full_name=descriptor.full_name)
 
@@ -43,7 +45,9 @@ def grpc_service(servicer: Any, register: Callable[[Any, aio.Server], None], des
 class GrpcServer:
     """Owns the server and its health state; starts NOT_SERVING until told otherwise."""
 
-    def __init__(self, service: str, settings: GrpcSettings, services: Sequence[GrpcService]) -> None:
+    def __init__(
+        self, service: str, settings: GrpcSettings, services: Sequence[GrpcService]
+    ) -> None:
         self._service = service
         self._settings = settings
         self._services = services
@@ -93,7 +97,10 @@ class GrpcServer:
 
     def _configure_reflection(self, server: aio.Server) -> None:
         names = [service.full_name for service in self._services]
-        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        names += [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
         reflection.enable_server_reflection(names, server)
 
     async def set_serving(self, serving: bool) -> None:
