@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -113,10 +114,8 @@ def up(
         raise click.ClickException(str(error)) from None
 
 
-async def _run_foreground(
-    home: os.PathLike[str], ports: StackPorts, timeout: float, once: bool
-) -> None:
-    supervisor = Supervisor(arena_home(), ports)
+async def _run_foreground(home: Path, ports: StackPorts, timeout: float, once: bool) -> None:
+    supervisor = Supervisor(home, ports)
     stop = asyncio.Event()
     install_stop_signals(stop)
     supervisor.start()
@@ -142,8 +141,7 @@ async def _run_foreground(
         console.print("stopped.")
 
 
-def _start_detached(home: os.PathLike[str], ports: StackPorts, timeout: float) -> None:
-    home_path = arena_home()
+def _start_detached(home_path: Path, ports: StackPorts, timeout: float) -> None:
     if (pid := running_supervisor(home_path)) is not None:
         raise click.ClickException(f"a stack is already running from {home_path} (pid {pid})")
     home_path.mkdir(parents=True, exist_ok=True)

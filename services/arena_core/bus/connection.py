@@ -59,8 +59,11 @@ async def connect(
     settings: NatsSettings, name: str, on_state_change: StateCallback | None = None
 ) -> Client:
     """Connects, reporting later disconnects and reconnects through `on_state_change`."""
+    connected: list[Client] = []
 
     async def disconnected() -> None:
+        if connected and (connected[0].is_draining or connected[0].is_closed):
+            return  # our own shutdown, not an outage
         log.warning("NATS disconnected")
         if on_state_change:
             await on_state_change(False)
@@ -82,6 +85,7 @@ async def connect(
         )
     except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
         raise UnavailableError(f"cannot connect to NATS at {settings.url}: {exc}") from exc
+    connected.append(client)
     if on_state_change:
         await on_state_change(True)
     return client
