@@ -37,6 +37,11 @@ def _service(
     )
 
 
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
 async def _wait_status(address: str, wanted: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     status = UNREACHABLE
@@ -81,8 +86,8 @@ async def test_serving_only_once_nats_is_up_and_topology_exists(tmp_path: Path) 
         assert (await js.stream_info("ARENA_WORK_RATING")).config.retention == "workqueue"
         await client.close()
 
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-        assert b'arena_nats_connected{service="rating"} 1.0' in metrics.read()
+        metrics = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{metrics_port}/metrics")
+        assert 'arena_nats_connected{service="rating"} 1.0' in metrics
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

@@ -36,7 +36,7 @@ def test_subject_of_an_instance_equals_subject_of_its_type() -> None:
 def test_types_outside_the_arena_namespace_are_refused() -> None:
     from google.protobuf import timestamp_pb2
 
-    with pytest.raises(ValueError, match="google.protobuf.Timestamp"):
+    with pytest.raises(ValueError, match=r"google\.protobuf\.Timestamp"):
         route_of(timestamp_pb2.Timestamp)
 
 
