@@ -39,8 +39,8 @@ test-fast: setup ## Unit tests only
 	$(PY) -m pytest tests/unit -q
 
 lint: setup ## ruff, mypy and the import-layering contracts
-	$(VENV)/bin/ruff check services tests benchmarks
-	$(VENV)/bin/ruff format --check services tests benchmarks
+	$(VENV)/bin/ruff check services tests benchmarks tools
+	$(VENV)/bin/ruff format --check services tests benchmarks tools
 	$(VENV)/bin/mypy services
 	$(VENV)/bin/lint-imports
 
