@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
 
-from arena_core.bus.consumer import Delivery, EventConsumer
+from arena_core.bus.consumer import Delivery, EventConsumer, Handler
 from arena_core.bus.events import EventPublisher
-from arena_core.bus.subjects import DEAD_LETTER_STREAM, dead_letter_subject, subject_of
-from arena_core.bus.topology import ConsumerSpec
+from arena_core.bus.subjects import (
+    DEAD_LETTER_STREAM,
+    dead_letter_subject,
+    partition_token,
+    subject_of,
+)
+from arena_core.bus.topology import ConsumerSpec, ensure_consumer
 from arena_core.errors import InvalidArgumentError
+from arena_core.settings import ConsumerSettings
 from tests.integration.bus_support import (
     WORK_ITEM,
     generation_request,
@@ -168,3 +175,46 @@ async def test_replicas_share_a_work_queue_without_overlap(nats_url: str, replic
         await asyncio.gather(*tasks)
 
         assert sorted(handled) == sorted(f"prompt {index}" for index in range(20))
+
+
+async def test_partitioned_work_reaches_only_the_consumer_of_its_partition(nats_url: str) -> None:
+    async with jetstream(nats_url) as js:
+        await work_queue_consumer(js, nats_url)  # purges the queue and its consumers
+        for existing in await js.consumers_info("ARENA_WORK_INFERENCE"):
+            await js.delete_consumer("ARENA_WORK_INFERENCE", existing.name)
+        specs = {
+            model: ConsumerSpec.on(
+                f"generation-{partition_token(model)}",
+                [WORK_ITEM],
+                ConsumerSettings(),
+                partitions=[model],
+            )
+            for model in ("tiny-1.0", "small")
+        }
+        for spec in specs.values():
+            await ensure_consumer(js, spec)
+        publisher = EventPublisher(js, "test")
+        await publisher.publish(generation_request("for tiny"), partition="tiny-1.0")
+        await publisher.publish(generation_request("for small"), partition="small")
+        handled: dict[str, list[str]] = {"tiny-1.0": [], "small": []}
+        done = asyncio.Event()
+
+        def handler_for(model: str) -> Handler:
+            async def handle(event: Any, delivery: Delivery) -> None:
+                handled[model].append(event.task.input.messages[0].content)
+                if all(handled.values()):
+                    done.set()
+
+            return handle
+
+        consumers = [
+            EventConsumer(js, specs[model], {WORK_ITEM: handler_for(model)}, "test")
+            for model in specs
+        ]
+        tasks = [asyncio.create_task(consumer.run()) for consumer in consumers]
+        await asyncio.wait_for(done.wait(), 20)
+        for consumer in consumers:
+            consumer.stop()
+        await asyncio.gather(*tasks)
+
+        assert handled == {"tiny-1.0": ["for tiny"], "small": ["for small"]}

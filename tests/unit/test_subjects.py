@@ -62,6 +62,28 @@ def test_consumer_on_types_of_two_streams_is_refused() -> None:
         )
 
 
+def test_partition_keys_become_one_escaped_subject_token() -> None:
+    from arena_core.bus.subjects import partition_token
+
+    route = route_of(inference_events.GenerationRequested)
+    assert route.partition_subject("llama-3.1-8b") == (
+        "arena.work.inference.v1.GenerationRequested.llama-3%2E1-8b"
+    )
+    assert partition_token("a.b") != partition_token("a%2Eb")
+    with pytest.raises(ValueError, match="empty"):
+        partition_token("")
+
+
+def test_partitioned_consumer_takes_only_its_partitions() -> None:
+    spec = ConsumerSpec.on(
+        "inference-generation-tiny",
+        [inference_events.GenerationRequested],
+        ConsumerSettings(),
+        partitions=["tiny"],
+    )
+    assert spec.filter_subjects == ["arena.work.inference.v1.GenerationRequested.tiny"]
+
+
 def test_consumer_filters_exactly_its_types() -> None:
     spec = ConsumerSpec.on(
         "flywheel-judgments",
@@ -71,7 +93,9 @@ def test_consumer_filters_exactly_its_types() -> None:
     assert spec.stream == "ARENA_EVENTS_JUDGE"
     assert spec.filter_subjects == [
         "arena.events.judge.v1.JudgmentCompleted",
+        "arena.events.judge.v1.JudgmentCompleted.>",
         "arena.events.judge.v1.JudgmentFailed",
+        "arena.events.judge.v1.JudgmentFailed.>",
     ]
 
 

@@ -125,7 +125,7 @@ class EventConsumer:
         if attempt > self._spec.policy.max_deliveries:
             await self._dead_letter(message, "delivery budget spent without an answer")
             return "dead_lettered"
-        entry = self._handlers.get(message.subject)
+        entry = self._handlers.get(_unpartitioned(message.subject))
         if entry is None:
             await self._dead_letter(message, f"no handler for subject {message.subject}")
             return "dead_lettered"
@@ -185,6 +185,11 @@ class EventConsumer:
             "stream_sequence": message.metadata.sequence.stream,
             "delivery": message.metadata.num_delivered,
         }
+
+
+def _unpartitioned(subject: str) -> str:
+    """arena.<kind>.<domain>.<version>.<Name>[.<partition>] without the partition."""
+    return ".".join(subject.split(".", 5)[:5])
 
 
 def _correlation_of(event: Message) -> str | None:

@@ -75,12 +75,16 @@ class EventPublisher:
         event_id: str | None = None,
         correlation_id: str | None = None,
         caused_by: Message | None = None,
+        partition: str | None = None,
     ) -> bool:
-        """Publishes and waits for JetStream's ack; False when the server dropped a duplicate."""
+        """Publishes and waits for JetStream's ack; False when the server dropped a duplicate.
+
+        `partition` routes a work item to the consumers of that partition only (see subjects).
+        """
         self.stamp(event, event_id=event_id, correlation_id=correlation_id, caused_by=caused_by)
         route = route_of(event)
         ack = await self._js.publish(
-            route.subject,
+            route.subject if partition is None else route.partition_subject(partition),
             event.SerializeToString(),
             stream=route.stream,
             headers={

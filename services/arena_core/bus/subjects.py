@@ -5,6 +5,10 @@ domain's event stream ``ARENA_EVENTS_<DOMAIN>`` (limits retention: a history any
 consumers can read). A work item — a message whose name ends in ``Requested`` — goes to
 ``arena.work.<domain>.v1.<Name>`` in the work-queue stream ``ARENA_WORK_<DOMAIN>``, where each
 message is handed to exactly one replica of the consuming service and removed once acknowledged.
+
+A work item may be published to a partition — ``arena.work.inference.v1.GenerationRequested.<key>``
+(the key is, for example, the model name) — so that consumers can take only the partitions they
+can serve: each replica group of a model server consumes its model's partition alone.
 """
 
 from __future__ import annotations
@@ -42,6 +46,20 @@ class MessageRoute:
     @property
     def stream(self) -> str:
         return stream_name(self.kind, self.domain)
+
+    def partition_subject(self, partition: str) -> str:
+        return f"{self.subject}.{partition_token(partition)}"
+
+
+_TOKEN_ESCAPES = {"%": "%25", ".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "\t": "%09"}
+
+
+def partition_token(key: str) -> str:
+    """A key (e.g. "llama-3.1-8b") as one subject token: the characters NATS treats as
+    separators or wildcards are percent-escaped, so distinct keys stay distinct."""
+    if not key:
+        raise ValueError("a partition key must not be empty")
+    return "".join(_TOKEN_ESCAPES.get(character, character) for character in key)
 
 
 def route_of(message: type[Message] | Message | Descriptor) -> MessageRoute:

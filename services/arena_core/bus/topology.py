@@ -70,20 +70,33 @@ class ConsumerSpec:
     stream: str
     message_types: tuple[type[Message], ...]
     policy: ConsumerSettings = field(default_factory=ConsumerSettings)
+    # Only these partitions of each type; empty means the type unpartitioned and all partitions.
+    partitions: tuple[str, ...] = ()
 
     @classmethod
     def on(
-        cls, durable: str, message_types: Sequence[type[Message]], policy: ConsumerSettings
+        cls,
+        durable: str,
+        message_types: Sequence[type[Message]],
+        policy: ConsumerSettings,
+        partitions: Sequence[str] = (),
     ) -> ConsumerSpec:
         """A consumer of `message_types`, on the one stream they all belong to."""
         streams = {stream_of(message_type).name for message_type in message_types}
         if len(streams) != 1:
             raise ValueError(f"consumer {durable} spans streams {sorted(streams)}; use one each")
-        return cls(durable, streams.pop(), tuple(message_types), policy)
+        return cls(durable, streams.pop(), tuple(message_types), policy, tuple(partitions))
 
     @property
     def filter_subjects(self) -> list[str]:
-        return sorted(route_of(message_type).subject for message_type in self.message_types)
+        subjects: list[str] = []
+        for message_type in self.message_types:
+            route = route_of(message_type)
+            if self.partitions:
+                subjects += [route.partition_subject(key) for key in self.partitions]
+            else:
+                subjects += [route.subject, f"{route.subject}.>"]
+        return sorted(subjects)
 
 
 def _stream_config(spec: StreamSpec, settings: NatsSettings) -> api.StreamConfig:
