@@ -142,3 +142,24 @@ def test_taken_port_is_reported_before_anything_starts(stack: Stack) -> None:
     assert result.returncode != 0
     assert f"{taken} (NATS)" in result.stderr
     assert not (stack.home / "stack.json").exists()
+
+
+def test_foreground_stack_stops_everything_on_ctrl_c(stack: Stack) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "arena_cli.main", "up", *stack.ports],
+        env=stack.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_until(lambda: {row["status"] for row in stack.status()} == {"SERVING"}, 60)
+        pids = [entry.pid for entry in stack.state().services if entry.pid]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "stopped." in process.stderr.read()  # type: ignore[union-attr]
+    assert not any(_alive(pid) for pid in pids)
+    assert not (stack.home / "supervisor.pid").exists()
