@@ -221,8 +221,17 @@ class Supervisor:
             "ARENA_METRICS__HOST": "127.0.0.1",
             "ARENA_METRICS__PORT": str(self.ports.metrics(service)),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            # Where this service finds the others, e.g. ARENA_JUDGE__INFERENCE_TARGET.
+            **{
+                f"ARENA_{service.upper()}__{other.upper()}_TARGET": self._grpc_address(other)
+                for other in SERVICES
+                if other != service
+            },
             **self._extra_env,
         }
+
+    def _grpc_address(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports.grpc(service)}"
 
     def start(self) -> None:
         if (pid := running_supervisor(self.home)) is not None:
