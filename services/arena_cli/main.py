@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from arena_cli import selection_commands, stack_commands
+from arena_cli import rating_commands, selection_commands, stack_commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +16,7 @@ def cli() -> None:
 
 stack_commands.register(cli)
 selection_commands.register(cli)
+rating_commands.register(cli)
 
 
 def main() -> None:

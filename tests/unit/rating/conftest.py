@@ -1,0 +1,17 @@
+"""Fixtures for the rating tests: the shared public datasets and synthetic battles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATASETS = Path(__file__).resolve().parents[3] / ".." / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    """The shared public datasets (../shared/datasets from the repository root)."""
+    if not DATASETS.is_dir():
+        pytest.skip(f"shared datasets not found at {DATASETS.resolve()}")
+    return DATASETS
