@@ -67,8 +67,9 @@ chart: $(HELM) ## helm lint, render every values profile, validate against Kuber
 bench: setup ## Benchmarks, side by side with their reference implementations
 	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
-gpu-check: setup ## On a GPU node: CUDA, vLLM and a real generation, with timings
+gpu-check: setup ## On a GPU node: vLLM backend vs raw vLLM, LoRA and swap; a ZeRO-2 training step
 	$(PY) tools/gpu_check.py
+	$(PY) -m arena_training.gpu_check
 
 clean: ## Remove the venv, caches and local stack state
 	rm -rf $(VENV) .arena .pytest_cache .mypy_cache .ruff_cache

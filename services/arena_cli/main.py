@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from arena_cli import rating_commands, selection_commands, stack_commands
+from arena_cli import (
+    inference_commands,
+    judge_commands,
+    rating_commands,
+    selection_commands,
+    stack_commands,
+    training_commands,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,6 +24,9 @@ def cli() -> None:
 stack_commands.register(cli)
 selection_commands.register(cli)
 rating_commands.register(cli)
+inference_commands.register(cli)
+judge_commands.register(cli)
+training_commands.register(cli)
 
 
 def main() -> None:

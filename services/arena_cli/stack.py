@@ -48,9 +48,14 @@ class StackPorts:
     def metrics(self, service: str) -> int:
         return self.metrics_base + SERVICES.index(service)
 
+    @property
+    def inference_http(self) -> int:
+        """The inference service's OpenAI-compatible endpoint, just above the metrics ports."""
+        return self.metrics_base + len(SERVICES)
+
     def claims(self) -> list[tuple[int, str]]:
         """Every port the stack will listen on, with what it is for."""
-        taken = [(self.nats, "NATS")]
+        taken = [(self.nats, "NATS"), (self.inference_http, "inference HTTP")]
         for service in SERVICES:
             taken += [
                 (self.grpc(service), f"{service} gRPC"),
@@ -220,6 +225,8 @@ class Supervisor:
             "ARENA_GRPC__PORT": str(self.ports.grpc(service)),
             "ARENA_METRICS__HOST": "127.0.0.1",
             "ARENA_METRICS__PORT": str(self.ports.metrics(service)),
+            "ARENA_INFERENCE__HTTP_HOST": "127.0.0.1",
+            "ARENA_INFERENCE__HTTP_PORT": str(self.ports.inference_http),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             # Where this service finds the others, e.g. ARENA_JUDGE__INFERENCE_TARGET.
             **{

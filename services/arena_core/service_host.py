@@ -106,11 +106,12 @@ class ServiceHost:
                 for subscription in parts.subscriptions
                 if subscription.handlers
             ]
-            tasks = [
+            consumer_tasks = [
                 asyncio.create_task(consumer.run(), name=consumer.durable) for consumer in consumers
             ]
-            tasks += [asyncio.create_task(job()) for job in parts.background]
-            stack.push_async_callback(_stop_tasks, consumers, tasks)
+            background_tasks = [asyncio.create_task(job()) for job in parts.background]
+            tasks = [*consumer_tasks, *background_tasks]
+            stack.push_async_callback(_stop_tasks, consumers, consumer_tasks, background_tasks)
 
             await self._set_serving(True)
             self.ready.set()
@@ -166,15 +167,20 @@ async def _wait_first(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]]) 
 
 
 async def _stop_tasks(
-    consumers: Sequence[EventConsumer], tasks: Sequence[asyncio.Task[None]]
+    consumers: Sequence[EventConsumer],
+    consumer_tasks: Sequence[asyncio.Task[None]],
+    background_tasks: Sequence[asyncio.Task[None]],
 ) -> None:
+    """Consumers finish the message in hand (up to 15 s); background jobs are cancelled."""
     for consumer in consumers:
         consumer.stop()
-    # Consumers finish the message in hand; background jobs are cancelled.
+    for task in background_tasks:
+        task.cancel()
+    tasks = [*consumer_tasks, *background_tasks]
     _, pending = await asyncio.wait(tasks, timeout=15) if tasks else (set(), set())
     for task in pending:
         task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _drain(client: Client) -> None:

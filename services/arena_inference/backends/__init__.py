@@ -1,0 +1,1 @@
+"""Model backends: vLLM, OpenAI-compatible HTTP, transformers, replay; one factory picks."""

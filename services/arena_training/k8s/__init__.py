@@ -1,0 +1,1 @@
+"""Kubernetes: training-job manifests built as objects, and the thin API adapter."""

@@ -1,0 +1,1 @@
+"""Training service: recipes, worker, runners, manifests."""
