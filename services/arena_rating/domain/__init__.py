@@ -4,6 +4,7 @@ Pure numpy/scipy: no transport, no metrics. Adapters (the rating service, the CL
 functions and map :class:`RatingInputError` (a ``ValueError``) to their own error shapes.
 """
 
+from .aggregates import battles_from_counts, outcome_totals
 from .battles import (
     SCORE_OF_A,
     STYLE_FEATURES,
@@ -27,6 +28,7 @@ from .benchmarks_scores import (
     load_alpaca_annotations,
     load_glm_weights,
     load_mt_bench_judgments,
+    parse_alpaca_annotations,
     parse_mt_bench_jsonl,
     score_alpaca_eval,
     score_mt_bench,
@@ -109,6 +111,7 @@ __all__ = [
     "alpaca_win_rate",
     "analytic_covariance",
     "baseline_win_rate",
+    "battles_from_counts",
     "battles_from_records",
     "bootstrap_ratings",
     "bootstrap_style_controlled",
@@ -127,6 +130,8 @@ __all__ = [
     "mle_exists",
     "normal_interval",
     "online_elo",
+    "outcome_totals",
+    "parse_alpaca_annotations",
     "parse_battles_jsonl",
     "parse_mt_bench_jsonl",
     "rank_by_intervals",

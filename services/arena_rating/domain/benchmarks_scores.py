@@ -178,20 +178,27 @@ class GLMWeights:
 
 def load_alpaca_annotations(paths: Iterable[str | Path]) -> tuple[AlpacaAnnotations, ...]:
     """Read AlpacaEval ``annotations.json`` files, grouped by ``generator_2``."""
+    return parse_alpaca_annotations((str(path), _read(path)) for path in paths)
+
+
+def parse_alpaca_annotations(
+    documents: Iterable[tuple[str, bytes]],
+) -> tuple[AlpacaAnnotations, ...]:
+    """AlpacaEval annotations from ``(source name, JSON bytes)`` pairs, grouped by generator_2."""
     grouped: dict[str, list[tuple[str, dict[str, Any], int]]] = {}
-    for path in paths:
-        records = orjson_loads(_read(path), str(path))
+    for source, data in documents:
+        records = orjson_loads(data, source)
         if not isinstance(records, list):
-            raise RatingInputError("annotations must be a JSON array", source=str(path))
+            raise RatingInputError("annotations must be a JSON array", source=source)
         for position, record in enumerate(records):
             if not isinstance(record, dict):
-                raise RatingInputError(f"record {position}: not an object", source=str(path))
+                raise RatingInputError(f"record {position}: not an object", source=source)
             model = record.get("generator_2")
             if not isinstance(model, str) or not model:
                 raise RatingInputError(
-                    f"record {position}: field 'generator_2' must be a string", source=str(path)
+                    f"record {position}: field 'generator_2' must be a string", source=source
                 )
-            grouped.setdefault(model, []).append((str(path), record, position))
+            grouped.setdefault(model, []).append((source, record, position))
     return tuple(_annotation_set(model, rows) for model, rows in sorted(grouped.items()))
 
 
