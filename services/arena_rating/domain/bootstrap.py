@@ -119,8 +119,10 @@ def draw_counts(cells: BattleCells, rng: np.random.Generator) -> IntArray:
     n = cells.n_battles
     n_cells = cells.count.shape[0]
     if n < _CELL_VS_ROW_COST * n_cells:
-        rows = rng.integers(0, n, n)
-        return np.bincount(cells.row_cell[rows], minlength=n_cells).astype(np.int64)
+        # Rows in cell order, not file order, so the same battles in any order resample alike.
+        rows_by_cell = np.repeat(np.arange(n_cells), cells.count)
+        drawn = rows_by_cell[rng.integers(0, n, n)]
+        return np.bincount(drawn, minlength=n_cells).astype(np.int64)
     return rng.multinomial(n, cells.count / n).astype(np.int64)
 
 

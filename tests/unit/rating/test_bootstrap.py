@@ -193,3 +193,25 @@ def test_a_resample_without_the_anchor_is_flagged_not_an_error() -> None:
     assert (result.ratings[:, anchor] == 1100.0).all()
     assert np.isfinite(result.ratings).all()
     assert 0.25 < result.nonfinite_rounds / 200 < 0.5  # about (1 - 1/41) ** 41 = 36%
+
+
+def test_few_battles_per_cell_resample_alike_in_any_line_order() -> None:
+    from arena_rating.domain import battles_from_records
+
+    rng = np.random.default_rng(3)
+    models = ["a", "b", "c", "d"]
+    records = []
+    for _ in range(40):  # ~1-2 battles per cell: the row-drawing branch
+        first, second = rng.choice(models, 2, replace=False)
+        winner = str(rng.choice(["model_a", "model_b", "tie"]))
+        records.append({"model_a": str(first), "model_b": str(second), "winner": winner})
+    shuffled = [records[index] for index in rng.permutation(len(records))]
+
+    original = bootstrap_ratings(
+        cells_from_battles(battles_from_records(records)), rounds=50, seed=4
+    )
+    reordered = bootstrap_ratings(
+        cells_from_battles(battles_from_records(shuffled)), rounds=50, seed=4
+    )
+
+    np.testing.assert_array_equal(original.ratings, reordered.ratings)
