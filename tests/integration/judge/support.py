@@ -25,11 +25,11 @@ from arena.inference.v1 import inference_service_pb2_grpc as inference_grpc
 from arena.judge.v1 import judge_service_pb2_grpc
 from arena_cli.nats_server import free_port
 from arena_core.hashing import content_hash
-from arena_core.rpc.client import service_channel
 from arena_core.service_host import ServiceHost
 from arena_core.settings import ConsumerSettings, GrpcSettings, MetricsSettings, NatsSettings
 from arena_judge.app import wiring
 from arena_judge.settings import JudgeOptions, JudgeSettings
+from tests.support.hosts import hosted_service
 
 Script = Callable[[inference_pb2.GenerationInput], str]
 
@@ -159,21 +159,8 @@ class RunningJudge:
 @asynccontextmanager
 async def running_judge(settings: JudgeSettings) -> AsyncIterator[RunningJudge]:
     """The judge service's real host (gRPC, NATS topology, consumers) in this event loop."""
-    stop = asyncio.Event()
-    host = ServiceHost("judge", settings, wiring(settings))
-    task = asyncio.create_task(host.run(stop))
-    ready = asyncio.create_task(host.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        task.result()  # raises what stopped it
-    assert host.ready.is_set(), "judge service did not become ready"
-    channel = service_channel(f"127.0.0.1:{settings.grpc.port}")
-    try:
+    async with hosted_service("judge", settings, wiring) as (host, channel):
         yield RunningJudge(host, settings, channel)
-    finally:
-        await channel.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 @asynccontextmanager

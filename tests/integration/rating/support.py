@@ -33,12 +33,12 @@ from arena.rating.v1 import rating_service_pb2 as pb
 from arena.rating.v1 import rating_service_pb2_grpc as pb_grpc
 from arena_cli.nats_server import free_port
 from arena_cli.rating_commands import register
-from arena_core.rpc.client import service_channel
 from arena_core.rpc.health import check_health
 from arena_core.service_host import ServiceHost
 from arena_core.settings import ConsumerSettings, GrpcSettings, MetricsSettings, NatsSettings
 from arena_rating.app import wiring
 from arena_rating.settings import RatingOptions, RatingSettings
+from tests.support.hosts import hosted_service
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -77,21 +77,8 @@ class RunningRating:
 @asynccontextmanager
 async def running_rating(settings: RatingSettings) -> AsyncIterator[RunningRating]:
     """The rating service's real host (gRPC, NATS topology, consumers) in this event loop."""
-    stop = asyncio.Event()
-    host = ServiceHost("rating", settings, wiring(settings))
-    task = asyncio.create_task(host.run(stop))
-    ready = asyncio.create_task(host.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        task.result()
-    assert host.ready.is_set(), "rating service did not become ready"
-    channel = service_channel(f"127.0.0.1:{settings.grpc.port}")
-    try:
+    async with hosted_service("rating", settings, wiring) as (host, channel):
         yield RunningRating(host, settings, channel)
-    finally:
-        await channel.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 # --- the service as its own process -------------------------------------------------------
