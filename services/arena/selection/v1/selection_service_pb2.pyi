@@ -353,7 +353,7 @@ class DecontaminationOptions(_message.Message):
     similarity_threshold: _builtins.float
     """Cosine similarity above which a record is a copy in DECONTAMINATION_MODE_THRESHOLD."""
     ngram_size: _builtins.int
-    """Length of a shared word n-gram that marks a copy; unset disables the n-gram check."""
+    """Length of a shared word n-gram that marks a copy; unset means the default (13), 0 disables the check."""
     embedding_model: _builtins.str
     """Embedding model name; empty means the configured default."""
     @_builtins.property
