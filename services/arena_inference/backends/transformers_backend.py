@@ -36,6 +36,7 @@ from arena_inference.domain.types import (
     FinishReason,
     ModelSpec,
     Sampling,
+    weights_location,
 )
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class TransformersBackend(ModelBackend):
     def _load_sync(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        location = self.spec.uri
+        location = weights_location(self.spec.uri)
         local = Path(location).expanduser()
         kwargs: dict[str, Any] = {"trust_remote_code": self._trust_remote_code}
         if local.exists():
@@ -166,7 +167,9 @@ class TransformersBackend(ModelBackend):
         async with self._compute_lock:
             try:
                 await asyncio.to_thread(
-                    self._model.load_adapter, adapter.uri, adapter_name=adapter.name
+                    self._model.load_adapter,
+                    weights_location(adapter.uri),
+                    adapter_name=adapter.name,
                 )
             except (OSError, ValueError) as error:
                 raise FailedPreconditionError(

@@ -34,6 +34,7 @@ from arena_inference.domain.types import (
     Completion,
     FinishReason,
     ModelSpec,
+    weights_location,
 )
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ class VllmBackend(ModelBackend):
         """Keyword arguments for AsyncEngineArgs, from the spec and its backend options."""
         spec = self.spec
         args: dict[str, Any] = {
-            "model": spec.uri,
-            "tokenizer": spec.uri,
+            "model": weights_location(spec.uri),
+            "tokenizer": weights_location(spec.uri),
             "enable_prefix_caching": True,
             "gpu_memory_utilization": self._gpu_memory_utilization,
             "tensor_parallel_size": spec.tensor_parallel_size or 1,
@@ -162,7 +163,9 @@ class VllmBackend(ModelBackend):
                 "backend_options.enable_lora=true (and max_lora_rank) to attach adapters"
             )
         request = api.LoRARequest(
-            lora_name=adapter.name, lora_int_id=next(self._lora_ids), lora_path=adapter.uri
+            lora_name=adapter.name,
+            lora_int_id=next(self._lora_ids),
+            lora_path=weights_location(adapter.uri),
         )
         try:
             await engine.add_lora(request)

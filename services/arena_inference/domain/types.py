@@ -231,3 +231,9 @@ class StreamDelta:
 
     choice_index: int
     text: str
+
+
+def weights_location(uri: str) -> str:
+    """What a loader accepts: a `file://` URI (as the training service registers checkpoints)
+    becomes its local path; hub ids and other paths pass through unchanged."""
+    return uri.removeprefix("file://") if uri.startswith("file://") else uri

@@ -196,3 +196,11 @@ async def test_concurrent_first_uses_load_the_model_once() -> None:
     await asyncio.gather(*(engine.generate(ask(f"q{i}")) for i in range(5)))
 
     assert len(factory.backends) == 1
+
+
+def test_file_uris_load_from_their_local_path() -> None:
+    from arena_inference.domain.types import weights_location
+
+    assert weights_location("file:///ckpt/run-1/final") == "/ckpt/run-1/final"
+    assert weights_location("/models/tiny") == "/models/tiny"
+    assert weights_location("org/model") == "org/model"
