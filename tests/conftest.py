@@ -11,9 +11,10 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from arena_cli.nats_server import NatsServer, free_port
+from tests.support.datasets import SHARED_DATASETS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+__all__ = ["REPO_ROOT", "SHARED_DATASETS"]
 
 
 @pytest.fixture(scope="session")

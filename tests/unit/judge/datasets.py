@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SHARED_DATASETS = Path(__file__).resolve().parents[4] / "shared" / "datasets"
+from tests.support.datasets import SHARED_DATASETS
 
 ARENA_HARD_FORK = (
     SHARED_DATASETS

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-DATASETS = Path(__file__).resolve().parents[3] / ".." / "shared" / "datasets"
+from tests.support.datasets import SHARED_DATASETS
+
+DATASETS = SHARED_DATASETS
 
 
 @pytest.fixture(scope="session")
