@@ -23,7 +23,7 @@ from pathlib import Path
 
 from arena_cli.nats_server import NatsServer, port_is_free
 from arena_core.errors import FailedPreconditionError
-from arena_core.rpc.health import UNREACHABLE, check_health
+from arena_core.rpc.health import check_health
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,10 @@ def check_ports_free(ports: StackPorts) -> None:
             + ". Choose others with --nats-port/--grpc-base-port/--metrics-base-port "
             "or stop what holds them."
         )
+
+
+def all_serving(rows: list[dict[str, str]]) -> bool:
+    return all(row["status"] == "SERVING" for row in rows)
 
 
 async def service_health(state: StackState) -> list[dict[str, str]]:
@@ -290,7 +294,7 @@ class Supervisor:
             rows = await service_health(self.state)
             if observe is not None:
                 observe(self.state, rows)
-            if all(row["status"] == "SERVING" for row in rows):
+            if all_serving(rows):
                 return rows
             crashed = [p.entry.service for p in self._services if p.exited()]
             if crashed:
@@ -333,20 +337,3 @@ def stop_background_stack(home: Path, timeout: float = 60.0) -> bool:
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
     return True
-
-
-def unhealthy(rows: list[dict[str, str]]) -> list[str]:
-    return [row["service"] for row in rows if row["status"] not in ("SERVING",)]
-
-
-__all__ = [
-    "SERVICES",
-    "UNREACHABLE",
-    "StackPorts",
-    "StackState",
-    "Supervisor",
-    "arena_home",
-    "running_supervisor",
-    "service_health",
-    "stop_background_stack",
-]

@@ -22,6 +22,7 @@ from arena_cli.stack import (
     StackPorts,
     StackState,
     Supervisor,
+    all_serving,
     arena_home,
     planned_state,
     running_supervisor,
@@ -176,7 +177,7 @@ def _start_detached(home_path: Path, ports: StackPorts, timeout: float) -> None:
                 f"the stack failed to start; see {home_path / 'logs' / 'supervisor.log'}"
             )
         rows = asyncio.run(service_health(state))
-        if all(row["status"] == "SERVING" for row in rows):
+        if all_serving(rows):
             console.print(status_table(StackState.read(home_path) or state, rows))
             console.print(
                 f"stack running in the background (pid {process.pid}); `arena down` stops it"
@@ -209,7 +210,7 @@ def status(nats_port: int, grpc_base_port: int, metrics_base_port: int, output_f
         click.echo(json.dumps(rows, indent=2))
     else:
         Console().print(status_table(state, rows))
-    if any(row["status"] != "SERVING" for row in rows):
+    if not all_serving(rows):
         sys.exit(1)
 
 
