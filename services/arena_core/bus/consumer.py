@@ -123,17 +123,21 @@ class EventConsumer:
 
     async def _dispatch(self, message: Msg, attempt: int) -> str:
         if attempt > self._spec.policy.max_deliveries:
-            await self._dead_letter(message, "delivery budget spent without an answer")
+            await self._dead_letter(message, "crashed", "delivery budget spent without an answer")
             return "dead_lettered"
         entry = self._handlers.get(_unpartitioned(message.subject))
         if entry is None:
-            await self._dead_letter(message, f"no handler for subject {message.subject}")
+            await self._dead_letter(
+                message, "no_handler", f"no handler for subject {message.subject}"
+            )
             return "dead_lettered"
         message_type, handler = entry
         try:
             event = message_type.FromString(message.data)
         except DecodeError as error:
-            await self._dead_letter(message, f"undecodable {message_type.DESCRIPTOR.name}: {error}")
+            await self._dead_letter(
+                message, "undecodable", f"undecodable {message_type.DESCRIPTOR.name}: {error}"
+            )
             return "dead_lettered"
         delivery = Delivery(message.subject, attempt, message.metadata.sequence.stream)
         token = logs.correlation_id.set(_correlation_of(event))
@@ -141,12 +145,14 @@ class EventConsumer:
             async with _kept_alive(message, self._spec.policy.ack_wait_seconds):
                 await handler(event, delivery)
         except (PermanentError, InvalidArgumentError) as error:
-            await self._dead_letter(message, f"{type(error).__name__}: {error}")
+            await self._dead_letter(message, "permanent_error", f"{type(error).__name__}: {error}")
             return "dead_lettered"
         except Exception as error:
             if attempt >= self._spec.policy.max_deliveries:
                 log.exception("handler failed on its last delivery", extra=self._where(message))
-                await self._dead_letter(message, f"failed {attempt} times: {error!r}")
+                await self._dead_letter(
+                    message, "retries_exhausted", f"failed {attempt} times: {error!r}"
+                )
                 return "dead_lettered"
             log.warning(
                 "handler failed; will retry", extra={**self._where(message), "error": repr(error)}
@@ -158,7 +164,8 @@ class EventConsumer:
         await message.ack_sync()
         return "acked"
 
-    async def _dead_letter(self, message: Msg, reason: str) -> None:
+    async def _dead_letter(self, message: Msg, label: str, reason: str) -> None:
+        """Moves the message to the dead-letter stream; `label` is the bounded metric label."""
         stream_sequence = message.metadata.sequence.stream
         log.error("dead-lettering message: %s", reason, extra=self._where(message))
         await self._js.publish(
@@ -176,7 +183,7 @@ class EventConsumer:
             },
         )
         await message.term()
-        EVENTS_DEAD_LETTERED.labels(self._service, self.durable, _reason_label(reason)).inc()
+        EVENTS_DEAD_LETTERED.labels(self._service, self.durable, label).inc()
 
     def _where(self, message: Msg) -> dict[str, Any]:
         return {
@@ -197,19 +204,6 @@ def _correlation_of(event: Message) -> str | None:
         return metadata_of(event).correlation_id or None
     except TypeError:
         return None
-
-
-def _reason_label(reason: str) -> str:
-    """A bounded label from a free-text reason."""
-    for prefix, label in (
-        ("undecodable", "undecodable"),
-        ("no handler", "no_handler"),
-        ("delivery budget", "crashed"),
-        ("failed ", "retries_exhausted"),
-    ):
-        if reason.startswith(prefix):
-            return label
-    return "permanent_error"
 
 
 @contextlib.asynccontextmanager
