@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from arena_cli import (
+    flywheel_commands,
     inference_commands,
     judge_commands,
     rating_commands,
@@ -27,6 +28,7 @@ rating_commands.register(cli)
 inference_commands.register(cli)
 judge_commands.register(cli)
 training_commands.register(cli)
+flywheel_commands.register(cli)
 
 
 def main() -> None:

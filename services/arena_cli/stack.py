@@ -231,6 +231,7 @@ class Supervisor:
             "ARENA_METRICS__PORT": str(self.ports.metrics(service)),
             "ARENA_INFERENCE__HTTP_HOST": "127.0.0.1",
             "ARENA_INFERENCE__HTTP_PORT": str(self.ports.inference_http),
+            "ARENA_FLYWHEEL__REPORTS_DIR": str(self.home / "flywheel"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             # Where this service finds the others, e.g. ARENA_JUDGE__INFERENCE_TARGET.
             **{

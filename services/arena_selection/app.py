@@ -49,6 +49,7 @@ def wiring(settings: SelectionSettings) -> Wiring:
         )
         stack.push_async_callback(jobs.close)
         servicer = SelectionServicer(jobs, store)
+        collector = RoundJudgmentCollector(rounds)
         return ServiceParts(
             grpc_services=[
                 grpc_service(
@@ -65,9 +66,14 @@ def wiring(settings: SelectionSettings) -> Wiring:
                 ),
                 Subscription(
                     ConsumerSpec.on(
-                        "selection-round-judgments", [judge_events.JudgmentCompleted], policy
+                        "selection-round-judgments",
+                        [judge_events.JudgmentCompleted, judge_events.JudgmentBatchCompleted],
+                        policy,
                     ),
-                    {judge_events.JudgmentCompleted: RoundJudgmentCollector(rounds)},
+                    {
+                        judge_events.JudgmentCompleted: collector,
+                        judge_events.JudgmentBatchCompleted: collector.on_batch,
+                    },
                 ),
             ],
         )

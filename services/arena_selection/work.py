@@ -542,6 +542,7 @@ class SelectionWork:
                     tuple(entries),
                     record.category,
                     spec.round_id,
+                    _reference_answer(record.meta),
                 )
             )
         return prompts
@@ -591,3 +592,8 @@ def _jsonl(data: bytes) -> list[dict[str, Any]]:
 
 def messages_from_proto(messages: Sequence[common_pb2.ChatMessage]) -> list[Message]:
     return [Message(ROLE_FROM_PROTO.get(m.role, "user"), m.content) for m in messages]
+
+
+def _reference_answer(meta: dict[str, Any]) -> str | None:
+    value = meta.get("reference_answer")
+    return None if value in (None, "") else str(value)

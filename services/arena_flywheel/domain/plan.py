@@ -11,7 +11,7 @@ spec and that set, so a restarted controller resumes exactly where it stopped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from enum import Enum
 
@@ -94,3 +94,28 @@ def progress(spec: FlywheelSpec, completed: Set[str]) -> tuple[int, int]:
         for position in iteration_positions(spec, iteration)
     ]
     return sum(1 for key in total if key in completed), len(total)
+
+
+def candidate_at(
+    spec: FlywheelSpec, position: Position, produced: Mapping[str, str], incumbent: str
+) -> str:
+    """The target model at a position: the model the previous stage of the same iteration
+    produced (SFT → DPO → RL each build on the last), else the incumbent.
+
+    `produced` maps the keys of completed load-checkpoint positions to the model they loaded.
+    At the closing steps it is the iteration's newest model, the candidate for promotion.
+    """
+    stages = (
+        spec.stages if position.stage is None else spec.stages[: spec.stages.index(position.stage)]
+    )
+    for stage in reversed(stages):
+        loaded = produced.get(Position(position.iteration, stage, Step.LOAD_CHECKPOINT).key())
+        if loaded:
+            return loaded
+    return incumbent
+
+
+def trained_model_name(spec: FlywheelSpec, run_id: str, iteration: int, stage: Stage) -> str:
+    """The name a stage's checkpoint is served under, e.g. "target-3f9a-i1-dpo": the run id
+    keeps two runs of one spec from replacing each other's models."""
+    return f"{spec.target.model}-{run_id}-i{iteration}-{stage}"

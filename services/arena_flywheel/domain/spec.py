@@ -97,7 +97,14 @@ class Anchor(_Strict):
 
 class EvaluationDecl(_Strict):
     test_set: str = Field(
-        description="Evaluation set dataset id, or `build` to build WizardArena Mix."
+        description="Evaluation set: a dataset id, a file, or `build` to build WizardArena Mix."
+    )
+    source: str | None = Field(
+        None,
+        description="Held-out dataset id or file to build WizardArena Mix from (`build`).",
+    )
+    difficulty_judge: str | None = Field(
+        None, description="Model that rates difficulty for the Hard half of a built test set."
     )
     references: list[str] = []
     anchor: Anchor | None = None
@@ -107,6 +114,19 @@ class EvaluationDecl(_Strict):
 class PromotionDecl(_Strict):
     rule: Literal["ci_lower_above_incumbent", "rating_above_incumbent"] = "ci_lower_above_incumbent"
     min_battles: int = Field(100, ge=1)
+
+
+class StageTraining(_Strict):
+    """Overrides of the training service's recipe per stage, in its `Recipe` JSON form minus the
+    stage itself, e.g. `{"hyperparameters": {"learning_rate": 1e-5}, "dpo": {"beta": 0.3}}`."""
+
+    sft: dict[str, Any] = {}
+    dpo: dict[str, Any] = {}
+    rl: dict[str, Any] = {}
+    # Where training runs: "local" (a process beside the training service) or "kubernetes".
+    runner: Literal["local", "kubernetes"] = "local"
+    gpus_per_node: int = Field(0, ge=0, le=64)
+    num_nodes: int = Field(1, ge=1, le=256)
 
 
 class Budgets(_Strict):
@@ -121,6 +141,9 @@ class FlywheelSpec(_Strict):
     target: Target
     opponents: list[str] = Field(min_length=1)
     judge: JudgeDecl
+    generation: Sampling = Field(
+        Sampling(), description="Sampling of every model's answers in battles and evaluations."
+    )
     pool: PoolDecl
     stages: list[Stage] = Field(["sft", "dpo", "rl"], min_length=1)
     thresholds: Thresholds = Thresholds()
@@ -129,7 +152,8 @@ class FlywheelSpec(_Strict):
     )
     evaluation: EvaluationDecl
     promotion: PromotionDecl = PromotionDecl()
-    iterations: int | Literal["continuous"] = 1
+    iterations: int | Literal["continuous"] = Field(1)
+    training: StageTraining = StageTraining()
     budgets: Budgets = Budgets()
 
     @model_validator(mode="after")
@@ -171,6 +195,12 @@ def _cross_field_problems(spec: FlywheelSpec) -> list[tuple[str, str]]:
             problems.append((f"opponents[{index}]", "the target cannot be its own opponent"))
     if spec.judge.model is not None:
         known("judge.model", spec.judge.model)
+    if spec.evaluation.difficulty_judge is not None:
+        known("evaluation.difficulty_judge", spec.evaluation.difficulty_judge)
+    if spec.evaluation.test_set == "build" and not spec.evaluation.source:
+        problems.append(("evaluation.source", "`test_set: build` needs a held-out `source`"))
+    if isinstance(spec.iterations, int) and spec.iterations < 1:
+        problems.append(("iterations", "must be at least 1, or `continuous`"))
     for index, reference in enumerate(spec.evaluation.references):
         known(f"evaluation.references[{index}]", reference)
     if spec.evaluation.anchor is not None:

@@ -291,8 +291,13 @@ def _text(item: dict[str, Any], key: str, where: str, required: bool = True) -> 
     return value
 
 
+# The known answer of a verifiable instruction, kept in any format so a reference judge can score
+# answers against it.
+REFERENCE_KEY = "reference_answer"
+
+
 def _meta(item: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
-    return {key: item[key] for key in keys if item.get(key) not in (None, "")}
+    return {key: item[key] for key in (*keys, REFERENCE_KEY) if item.get(key) not in (None, "")}
 
 
 def _category(item: dict[str, Any], *keys: str) -> str | None:
@@ -336,7 +341,7 @@ def _parse_alpaca(item: dict[str, Any], where: str, source: str, default: str | 
     output = item.get("output")
     if isinstance(output, str) and output.strip():
         messages.append(Message("assistant", output))
-    return make_record(messages, source, _category(item, "category") or default, {})
+    return make_record(messages, source, _category(item, "category") or default, _meta(item, []))
 
 
 def _parse_messages(item: dict[str, Any], where: str, source: str, default: str | None) -> Record:

@@ -100,6 +100,8 @@ class JudgedPrompt:
     judgments: tuple[JudgmentRecord, ...]
     category: str | None = None
     round_id: str = ""
+    # The known answer of a verifiable prompt; RL prompts carry it to a reference-judge reward.
+    reference_answer: str | None = None
 
     def mean_scores(self) -> dict[str, float]:
         totals: dict[str, list[float]] = defaultdict(list)
@@ -159,6 +161,13 @@ class Selection:
         }
 
 
+def _rl_prompt(prompt: JudgedPrompt) -> dict[str, Any]:
+    row: dict[str, Any] = {"prompt": [message.to_dict() for message in prompt.messages]}
+    if prompt.reference_answer is not None:
+        row["reference_answer"] = prompt.reference_answer
+    return row
+
+
 def select_training_data(prompts: Sequence[JudgedPrompt], config: SelectionConfig) -> Selection:
     config.validate()
     if not prompts:
@@ -191,9 +200,7 @@ def select_training_data(prompts: Sequence[JudgedPrompt], config: SelectionConfi
         )
     selection = Selection(config.stage, rows, lineage)
     if config.stage == Stage.RL:
-        selection.prompts = [
-            {"prompt": [message.to_dict() for message in prompt.messages]} for prompt in prompts
-        ]
+        selection.prompts = [_rl_prompt(prompt) for prompt in prompts]
     selection.stats = {
         "prompts": len(prompts),
         "selected": len(rows),

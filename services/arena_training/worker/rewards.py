@@ -74,13 +74,15 @@ class JudgeScoreReward:
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
     ) -> list[float]:
+        references = kwargs.get("reference_answer") or [None] * len(prompts)
+        items = []
+        for prompt, completion, reference in zip(prompts, completions, references, strict=True):
+            item = judge_service_pb2.ScoreItem(prompt=_messages(prompt), response=_text(completion))
+            if reference:  # the known answer of a verifiable prompt, for a reference judge
+                item.reference_answer = str(reference)
+            items.append(item)
         request = judge_service_pb2.ScoreRequest(
-            judge=self._judge,
-            items=[
-                judge_service_pb2.ScoreItem(prompt=_messages(prompt), response=_text(completion))
-                for prompt, completion in zip(prompts, completions, strict=True)
-            ],
-            parse_failure_reward=self._parse_failure_reward,
+            judge=self._judge, items=items, parse_failure_reward=self._parse_failure_reward
         )
         response = self._score(request)
         if len(response.results) != len(request.items):

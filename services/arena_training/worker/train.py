@@ -11,6 +11,7 @@ continues from the newest one (model, optimizer, scheduler, RNG and data positio
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -202,6 +203,9 @@ def _read_records(files: DataFiles) -> list[dict[str, Any]]:
     return records
 
 
+REFERENCE_COLUMN = "reference_answer"
+
+
 def _load_datasets(sources: Sequence[DataFiles], recipe: Recipe, tokenizer: Any) -> Any:
     """The records of every dataset, reduced to the columns the trainer reads."""
     from datasets import Dataset
@@ -219,7 +223,12 @@ def _load_datasets(sources: Sequence[DataFiles], recipe: Recipe, tokenizer: Any)
                     "BAD_DATASET",
                     f"dataset {source.dataset_id} record {index} lacks {missing}",
                 )
-            rows.append({c: record[c] for c in columns})
+            row = {c: record[c] for c in columns}
+            if recipe.rl is not None:
+                # The known answer rides along to the reward (TRL passes extra columns to reward
+                # functions), so a reference judge can score verifiable prompts.
+                row[REFERENCE_COLUMN] = record.get(REFERENCE_COLUMN)
+            rows.append(row)
     if recipe.dpo is not None and recipe.dpo.max_prompt_length is not None:
         rows = _drop_long_prompts(rows, tokenizer, recipe.dpo.max_prompt_length)
     if not rows:
@@ -424,6 +433,8 @@ def _rl_trainer(job: TrainingJob, arguments: dict[str, Any], common: dict[str, A
         "max_completion_length": rl.max_completion_length,
         "temperature": rl.temperature,
     }
+    if rl_arguments["max_steps"] <= 0:
+        rl_arguments["max_steps"] = rl_steps(job, len(common["train_dataset"]))
     if rl.algorithm is RlAlgorithm.GRPO:
         from trl.trainer.grpo_config import GRPOConfig
         from trl.trainer.grpo_trainer import GRPOTrainer
@@ -445,6 +456,27 @@ def _rl_trainer(job: TrainingJob, arguments: dict[str, Any], common: dict[str, A
         peft_config=_peft_config(recipe, "CAUSAL_LM"),
         **common,
     )
+
+
+def rl_steps(job: TrainingJob, prompts: int) -> int:
+    """Optimizer steps for `num_epochs` passes over the prompts. TRL's RL trainers sample
+    prompts from an endless loader, so they need `max_steps`; each step consumes
+    batch x accumulation x processes completions, `num_generations` per prompt."""
+    h = job.recipe.hyperparameters
+    assert job.recipe.rl is not None
+    completions_per_step = h.per_device_batch_size * h.accumulation_for(job.world_size) * max(
+        job.world_size, 1
+    )
+    per_epoch = prompts * job.recipe.rl.num_generations
+    if per_epoch < completions_per_step:
+        # TRL drops an incomplete generation batch, so such a run would train on nothing.
+        raise WorkerError(
+            "BAD_DATASET",
+            f"{prompts} prompts x {job.recipe.rl.num_generations} generations make "
+            f"{per_epoch} completions, fewer than one step's batch of {completions_per_step} "
+            "(per-device batch x accumulation x processes); lower the batch or add prompts",
+        )
+    return max(1, math.ceil(per_epoch * h.num_epochs / completions_per_step))
 
 
 def _reward(reward: RewardModelReward | JudgeReward) -> tuple[Any, Any]:

@@ -24,7 +24,11 @@ VALID: dict[str, Any] = {
     "pool": {"dataset": "pool-v1", "slices": 7},
     "stages": ["sft", "dpo", "rl"],
     "thresholds": {"sft": 2.0, "per_iteration": {2: {"sft": 1.0}}},
-    "evaluation": {"test_set": "build", "anchor": {"model": "strong", "rating": 1100}},
+    "evaluation": {
+        "test_set": "build",
+        "source": "/data/held-out.jsonl",
+        "anchor": {"model": "strong", "rating": 1100},
+    },
     "iterations": 2,
 }
 

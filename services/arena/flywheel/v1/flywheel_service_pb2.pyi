@@ -1018,3 +1018,121 @@ class GetRunReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRunReportResponse: _TypeAlias = GetRunReportResponse  # noqa: Y015
+
+@_typing.final
+class StepResult(_message.Message):
+    """What a completed step produced; the controller persists one per position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASETS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_URI_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    LEADERBOARD_FIELD_NUMBER: _builtins.int
+    BATTLE_COUNT_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    MODEL_SHARES_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model the step produced or evaluated (the candidate after train/register/load)."""
+    checkpoint_id: _builtins.str
+    checkpoint_uri: _builtins.str
+    """Where the checkpoint's weights are, as the inference service loads them."""
+    snapshot_id: _builtins.str
+    """Leaderboard snapshot (rate)."""
+    battle_count: _builtins.int
+    @_builtins.property
+    def datasets(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DatasetRef]:
+        """Datasets the step produced: pool slices D0..DN (split), the evaluation set, selected data."""
+
+    @_builtins.property
+    def leaderboard(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaderboardEntry]: ...
+    @_builtins.property
+    def decision(self) -> Global___PromotionDecision:
+        """Promotion decision (promote)."""
+
+    @_builtins.property
+    def summary(self) -> _struct_pb2.Struct:
+        """Step-specific counts, as in StepFinished.summary."""
+
+    @_builtins.property
+    def model_shares(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelShare]:
+        """Data shares of the selected training data (select)."""
+
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        datasets: _abc.Iterable[_common_pb2.DatasetRef] | None = ...,
+        model: _builtins.str = ...,
+        checkpoint_id: _builtins.str = ...,
+        checkpoint_uri: _builtins.str = ...,
+        snapshot_id: _builtins.str = ...,
+        leaderboard: _abc.Iterable[_common_pb2.LeaderboardEntry] | None = ...,
+        battle_count: _builtins.int = ...,
+        decision: Global___PromotionDecision | None = ...,
+        summary: _struct_pb2.Struct | None = ...,
+        model_shares: _abc.Iterable[_common_pb2.ModelShare] | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "finished_at", b"finished_at", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["battle_count", b"battle_count", "checkpoint_id", b"checkpoint_id", "checkpoint_uri", b"checkpoint_uri", "datasets", b"datasets", "decision", b"decision", "finished_at", b"finished_at", "leaderboard", b"leaderboard", "model", b"model", "model_shares", b"model_shares", "snapshot_id", b"snapshot_id", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepResult: _TypeAlias = StepResult  # noqa: Y015
+
+@_typing.final
+class RunRecord(_message.Message):
+    """A run as the controller persists it in JetStream KV: the public view plus every step's result,
+    keyed by position ("1.sft.train"). A position with a result is done; the next position is a
+    pure function of the spec and these keys, so a restarted controller resumes where it stopped.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ResultsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___StepResult: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___StepResult | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RUN_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___FlywheelRun: ...
+    @_builtins.property
+    def results(self) -> _containers.MessageMap[_builtins.str, Global___StepResult]: ...
+    def __init__(
+        self,
+        *,
+        run: Global___FlywheelRun | None = ...,
+        results: _abc.Mapping[_builtins.str, Global___StepResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRecord: _TypeAlias = RunRecord  # noqa: Y015
