@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -15,62 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from arena_cli.nats_server import free_port
-from arena_cli.stack import SERVICES, StackState
+from arena_cli.stack import SERVICES
+from tests.support.stack import Stack, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def _free_block(size: int) -> int:
-    """A base port with `size` free ports above it."""
-    for _ in range(50):
-        base = free_port()
-        if base + size < 65000 and all(_is_free(base + offset) for offset in range(size)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-class Stack:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.ports = [
-            "--nats-port",
-            str(_free_block(1)),
-            "--grpc-base-port",
-            str(_free_block(len(SERVICES))),
-            "--metrics-base-port",
-            str(_free_block(len(SERVICES))),
-        ]
-        self.env = {**os.environ, "ARENA_HOME": str(home)}
-
-    def arena(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "arena_cli.main", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def status(self) -> list[dict[str, str]]:
-        result = self.arena("status", "--format", "json", *self.ports)
-        rows: list[dict[str, str]] = json.loads(result.stdout)
-        return rows
-
-    def state(self) -> StackState:
-        state = StackState.read(self.home)
-        assert state is not None
-        return state
 
 
 @pytest.fixture
@@ -78,15 +25,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     stack = Stack(tmp_path / "arena-home")
     yield stack
     stack.arena("down")
-
-
-def _wait_until(condition: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def _alive(pid: int) -> bool:
@@ -120,7 +58,7 @@ def test_stack_comes_up_heals_a_killed_service_and_goes_down(stack: Stack) -> No
         serving = {row["service"]: row["status"] for row in stack.status()}
         return entry.restarts == 1 and entry.pid != judge.pid and serving["judge"] == "SERVING"
 
-    _wait_until(judge_restarted, 60)
+    wait_until(judge_restarted, 60)
 
     pids = [entry.pid for entry in stack.state().services if entry.pid]
     down = stack.arena("down")
@@ -153,7 +91,7 @@ def test_foreground_stack_stops_everything_on_ctrl_c(stack: Stack) -> None:
         text=True,
     )
     try:
-        _wait_until(lambda: {row["status"] for row in stack.status()} == {"SERVING"}, 60)
+        wait_until(lambda: {row["status"] for row in stack.status()} == {"SERVING"}, 60)
         pids = [entry.pid for entry in stack.state().services if entry.pid]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
