@@ -27,7 +27,7 @@ from arena_flywheel.grpc_api import FlywheelServicer
 from arena_flywheel.reporting import Reports
 from arena_flywheel.settings import FlywheelSettings
 from arena_flywheel.steps import StepRunner
-from arena_flywheel.store import RESULTS_BUCKET, RUNS_BUCKET, RunStore, WorkResults
+from arena_flywheel.store import RunStore, WorkResults
 
 SERVICE_DESCRIPTOR = flywheel_service_pb2.DESCRIPTOR.services_by_name["FlywheelService"]
 
@@ -37,9 +37,9 @@ def wiring(settings: FlywheelSettings) -> Wiring:
     options = settings.flywheel
 
     async def wire(bus: Bus, stack: AsyncExitStack) -> ServiceParts:
-        runs = RunStore(await ensure_key_value(bus.js, RUNS_BUCKET, settings.nats))
+        runs = RunStore(await ensure_key_value(bus.js, options.runs_bucket, settings.nats))
         results = WorkResults(
-            await ensure_key_value(bus.js, RESULTS_BUCKET, settings.nats),
+            await ensure_key_value(bus.js, options.results_bucket, settings.nats),
             options.results_poll_seconds,
         )
         inference = InferenceClient(options.inference_target)

@@ -24,6 +24,9 @@ class FlywheelOptions(BaseModel):
     results_poll_seconds: float = Field(2.0, gt=0, le=60)
     # Pause between tries of a step whose services were unreachable.
     retry_seconds: float = Field(5.0, gt=0, le=600)
+    # JetStream KV buckets of the runs and of the answers to their work.
+    runs_bucket: str = "flywheel-runs"
+    results_bucket: str = "flywheel-results"
     # Where each run's report (JSON, HTML, Elo plot) is written, one folder per run.
     reports_dir: Path = Path("/var/lib/arena/flywheel")
 

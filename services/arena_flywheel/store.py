@@ -1,11 +1,11 @@
 """The controller's state in JetStream KV: runs, and the results of the work they asked for.
 
-`flywheel-runs` holds one `RunRecord` per run (compare-and-set updates). `flywheel-results` holds
-what came back for each piece of work, under the id the controller chose when it asked (an event
-id, a selection job id, a training run id): the event handlers write it, the step that asked
-waits for it. Because both the ask and the answer are keyed by that id, a controller that dies
-while waiting asks again under the same id after a restart and finds the answer already there, or
-still on its way — nothing is done twice and nothing is lost.
+The runs bucket (`flywheel-runs`) holds one `RunRecord` per run (compare-and-set updates). The
+results bucket (`flywheel-results`) holds what came back for each piece of work, under the id the
+controller chose when it asked (an event id, a selection job id, a training run id): the event
+handlers write it, the step that asked waits for it. Because both the ask and the answer are keyed
+by that id, a controller that dies while waiting asks again under the same id after a restart and
+finds the answer already there, or still on its way — nothing is done twice and nothing is lost.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from nats.js.kv import KeyValue
 
 from arena.flywheel.v1 import flywheel_service_pb2 as pb
 from arena_core.bus.state import ProtoStore
-
-RUNS_BUCKET = "flywheel-runs"
-RESULTS_BUCKET = "flywheel-results"
 
 
 class RunStore(ProtoStore[pb.RunRecord]):
