@@ -22,7 +22,7 @@ from arena_core.rpc.server import grpc_service
 from arena_core.service_host import Bus, ServiceParts, Subscription, Wiring
 from arena_flywheel.clients import InferenceClient, SelectionClient, TrainingClient
 from arena_flywheel.controller import Controller
-from arena_flywheel.event_handlers import AnswerRecorder
+from arena_flywheel.event_handlers import AnswerRecorder, PoolWatcher
 from arena_flywheel.grpc_api import FlywheelServicer
 from arena_flywheel.reporting import Reports
 from arena_flywheel.settings import FlywheelSettings
@@ -130,7 +130,9 @@ def wiring(settings: FlywheelSettings) -> Wiring:
                     ),
                     {
                         selection_events.SelectionJobFinished: recorder.selection_job,
-                        selection_events.DatasetPublished: recorder.ignore,
+                        selection_events.DatasetPublished: PoolWatcher(
+                            controller.pool_data_published
+                        ),
                     },
                 ),
                 Subscription(

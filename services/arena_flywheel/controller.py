@@ -49,6 +49,7 @@ from arena_flywheel.domain.plan import (
 from arena_flywheel.domain.spec import FlywheelSpec, SpecError, SpecViolation, Stage, parse_spec
 from arena_flywheel.settings import FlywheelOptions
 from arena_flywheel.steps import (
+    POOL_NAME,
     STAGE_TO_PROTO,
     RunView,
     StepFailedError,
@@ -279,6 +280,43 @@ class Controller:
         await self._finished(record)
         return record.run
 
+    async def pool_data_published(self, dataset: common_pb2.DatasetRef) -> None:
+        """Continuous mode: a new version of a run's pool is a new batch, and a new iteration.
+
+        Recorded once per dataset id (a redelivered event changes nothing); a run waiting for
+        data starts its next iteration at once, a running or paused one when it gets there.
+        """
+        for record in await self._runs.all():
+            run = record.run
+            initial = record.results.get(Position(0, None, Step.SPLIT).key())
+            if not run.continuous or run.state in TERMINAL or initial is None:
+                continue
+            published_as = initial.summary.fields.get(POOL_NAME)
+            if published_as is None or published_as.string_value != dataset.name:
+                continue
+            known = {record.pool_dataset_id, *(batch.dataset_id for batch in record.pool_batches)}
+            if dataset.dataset_id in known:
+                continue
+            updated = await self._runs.update(
+                run.run_id, lambda current: _add_batch(current, dataset)
+            )
+            log.info("run %s: new pool batch %s", run.run_id, dataset.dataset_id)
+            if updated.run.state == pb.FLYWHEEL_RUN_STATE_RUNNING:
+                iteration = updated.run.iterations_completed + 1
+                await self._publish(
+                    events_pb2.IterationAdvanced(
+                        run_id=run.run_id,
+                        iteration=iteration,
+                        trigger=pb.ADVANCE_TRIGGER_NEW_POOL_DATA,
+                        incumbent_model=updated.run.incumbent_model,
+                        pool_dataset_id=dataset.dataset_id,
+                    ),
+                    run.run_id,
+                    f"batch-{dataset.dataset_id}",
+                )
+                self._broadcast(run.run_id, Update(run=updated.run))
+                self._spawn(run.run_id)
+
     async def watch(self, run_id: str) -> AsyncIterator[Update]:
         """The run now, then every change and step progress until it ends."""
         run_id = await self._resolve(run_id)
@@ -323,7 +361,7 @@ class Controller:
         if record.run.state != pb.FLYWHEEL_RUN_STATE_RUNNING:
             return False
         spec = parse_spec(record.run.spec_yaml)
-        position = next_position(spec, set(record.results))
+        position = next_position(spec, set(record.results), len(record.pool_batches))
         if position is None:
             await self._succeed(run_id)
             return False
@@ -454,7 +492,7 @@ class Controller:
         if self._on_report is not None:
             await self._on_report(record)
         spec = parse_spec(record.run.spec_yaml)
-        if next_position(spec, set(record.results)) is not None:
+        if next_position(spec, set(record.results), len(record.pool_batches)) is not None:
             await self._publish(
                 events_pb2.IterationAdvanced(
                     run_id=run_id,
@@ -608,6 +646,8 @@ def _complete(
 ) -> pb.RunRecord:
     record = _existing(current, "")
     record.results[position.key()].CopyFrom(result)
+    if position == Position(0, None, Step.SPLIT):
+        record.pool_dataset_id = result.input_dataset_id
     for status in record.run.steps:
         if _position_of(status.position) == position:
             status.state = pb.STEP_STATE_COMPLETED
@@ -623,6 +663,17 @@ def _complete(
         record.run.incumbent_model = result.decision.candidate_model
     if _closes_iteration(spec, position):
         record.run.iterations_completed = position.iteration
+    record.run.updated_at.CopyFrom(_now())
+    return record
+
+
+def _add_batch(current: pb.RunRecord | None, dataset: common_pb2.DatasetRef) -> pb.RunRecord:
+    record = _existing(current, "")
+    if any(batch.dataset_id == dataset.dataset_id for batch in record.pool_batches):
+        return record
+    record.pool_batches.append(dataset)
+    if record.run.state == pb.FLYWHEEL_RUN_STATE_WAITING_FOR_DATA:
+        record.run.state = pb.FLYWHEEL_RUN_STATE_RUNNING
     record.run.updated_at.CopyFrom(_now())
     return record
 

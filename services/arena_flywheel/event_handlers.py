@@ -8,8 +8,11 @@ KV put under a fixed key, so a redelivered answer changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from google.protobuf.message import Message
 
+from arena.common.v1 import common_pb2
 from arena.selection.v1 import events_pb2 as selection_events
 from arena.training.v1 import events_pb2 as training_events
 from arena_core.bus.consumer import Delivery
@@ -18,6 +21,18 @@ from arena_flywheel.store import WorkResults
 
 # Every id the controller asks under starts with this (see domain.battles.work_id).
 OURS = "fw-"
+
+
+class PoolWatcher:
+    """`DatasetPublished` of a pool: in continuous mode, a new batch of data for the runs that
+    battle on that pool."""
+
+    def __init__(self, on_pool: Callable[[common_pb2.DatasetRef], Awaitable[None]]) -> None:
+        self._on_pool = on_pool
+
+    async def __call__(self, event: selection_events.DatasetPublished, delivery: Delivery) -> None:
+        if event.dataset.ref.kind == common_pb2.DATASET_KIND_POOL:
+            await self._on_pool(event.dataset.ref)
 
 
 class AnswerRecorder:

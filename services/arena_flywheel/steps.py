@@ -43,7 +43,14 @@ from arena_flywheel.domain.battles import (
     training_pairs,
     work_id,
 )
-from arena_flywheel.domain.plan import Position, Step, candidate_at, trained_model_name
+from arena_flywheel.domain.plan import (
+    Position,
+    Step,
+    candidate_at,
+    from_new_batch,
+    initial_iterations,
+    trained_model_name,
+)
 from arena_flywheel.domain.promotion import Standing, decide
 from arena_flywheel.domain.spec import FlywheelSpec, Stage
 from arena_flywheel.settings import FlywheelOptions
@@ -68,6 +75,8 @@ BACKENDS = {
     "replay": inference_pb.BACKEND_REPLAY,
 }
 RUNNERS = {"local": training_pb.RUNNER_KIND_LOCAL, "kubernetes": training_pb.RUNNER_KIND_KUBERNETES}
+# Summary key of the initial split: the name new batches of pool data are published under.
+POOL_NAME = "pool_name"
 # Where a pool record keeps the known answer of a verifiable instruction.
 REFERENCE_KEYS = ("reference_answer", "reference", "answer")
 
@@ -166,28 +175,32 @@ class StepRunner:
 
     async def _split(self, view: RunView, position: Position, progress: Progress) -> pb.StepResult:
         spec = view.spec
-        await self._declare_models(view)
-        pool_id = await self._dataset_id(view, position, spec.pool.dataset, "pool")
-        pool = await self._selection.dataset(pool_id)
-        count = pool.ref.record_count
-        initial = max(1, count // spec.pool.slices)
+        split = selection_pb.SplitSpec(output_name=pool_name(spec), seed=spec.pool.seed)
+        published_as = ""
+        if position.iteration == 0:
+            await self._declare_models(view)
+            split.input_dataset_id = await self._dataset_id(
+                view, position, spec.pool.dataset, "pool"
+            )
+            pool = await self._selection.dataset(split.input_dataset_id)
+            published_as = pool.ref.name
+            # D0 (the target's own data, never battled) and equal slices D1.. after it.
+            split.num_slices = spec.pool.slices - 1
+            split.initial_slice_size = max(1, pool.ref.record_count // spec.pool.slices)
+        else:  # continuous mode: the new batch that started this iteration, one slice per stage
+            batch = view.record.pool_batches[position.iteration - initial_iterations(spec) - 1]
+            split.input_dataset_id = batch.dataset_id
+            split.output_name = f"{pool_name(spec)}-i{position.iteration}"
+            split.num_slices = len(spec.stages)
         job = await self._selection_job(
-            view,
-            position,
-            selection_pb.SelectionJobSpec(
-                split=selection_pb.SplitSpec(
-                    input_dataset_id=pool_id,
-                    output_name=f"{spec.name}-pool",
-                    num_slices=spec.pool.slices - 1,
-                    initial_slice_size=initial,
-                    seed=spec.pool.seed,
-                )
-            ),
-            "split",
-            progress,
+            view, position, selection_pb.SelectionJobSpec(split=split), "split", progress
         )
-        result = pb.StepResult(datasets=job.outputs)
-        result.summary.update({"pool_records": count, "slices": len(job.outputs)})
+        result = pb.StepResult(datasets=job.outputs, input_dataset_id=split.input_dataset_id)
+        result.summary.update(
+            {"records": sum(ref.record_count for ref in job.outputs), "slices": len(job.outputs)}
+        )
+        if published_as:  # new versions under this name are new batches (continuous mode)
+            result.summary.update({POOL_NAME: published_as})
         return result
 
     async def _declare_models(self, view: RunView) -> None:
@@ -239,7 +252,7 @@ class StepRunner:
 
     async def _dataset_id(self, view: RunView, position: Position, given: str, part: str) -> str:
         """A dataset id as given, or the id of the dataset a file ingests into."""
-        if "/" not in given and not given.endswith((".jsonl", ".json", ".parquet")):
+        if is_dataset_name(given):
             return given
         path = Path(given).expanduser().absolute()  # noqa: ASYNC240 (no I/O: names only)
         job = await self._selection_job(
@@ -248,7 +261,9 @@ class StepRunner:
             selection_pb.SelectionJobSpec(
                 ingest=selection_pb.IngestSpec(
                     sources=[selection_pb.IngestSource(uri=str(path))],
-                    output_name=f"{view.spec.name}-{part}",
+                    output_name=pool_name(view.spec)
+                    if part == "pool"
+                    else f"{view.spec.name}-{part}",
                 )
             ),
             f"ingest-{part}",
@@ -320,6 +335,10 @@ class StepRunner:
     async def _slice_records(
         self, view: RunView, iteration: int, stage: Stage
     ) -> list[common_pb2.Conversation]:
+        if from_new_batch(view.spec, iteration):
+            slices = view.result(Position(iteration, None, Step.SPLIT)).datasets
+            index = view.spec.stages.index(stage)
+            return await self._selection.records(slices[index].dataset_id)
         slices = view.result(Position(0, None, Step.SPLIT)).datasets
         index = view.spec.slice_for(iteration, stage)
         if index >= len(slices):
@@ -643,6 +662,17 @@ class StepRunner:
                 reason=decision.reason,
             ),
         )
+
+
+def pool_name(spec: FlywheelSpec) -> str:
+    """The name a run's pool is published under: the spec's dataset when it names one, else
+    "<run name>-pool". In continuous mode every new version of it is a new batch of data."""
+    given = spec.pool.dataset
+    return given if is_dataset_name(given) else f"{spec.name}-pool"
+
+
+def is_dataset_name(given: str) -> bool:
+    return "/" not in given and not given.endswith((".jsonl", ".json", ".parquet"))
 
 
 def _training_data(selected: pb.StepResult, stage: Stage) -> common_pb2.DatasetRef:

@@ -60,6 +60,8 @@ def iteration_positions(spec: FlywheelSpec, iteration: int) -> Iterator[Position
         for step in PREPARE_STEPS:
             yield Position(0, None, step)
         return
+    if from_new_batch(spec, iteration):
+        yield Position(iteration, None, Step.SPLIT)  # the batch that started this iteration
     for stage in spec.stages:
         for step in STAGE_STEPS:
             yield Position(iteration, stage, step)
@@ -67,19 +69,27 @@ def iteration_positions(spec: FlywheelSpec, iteration: int) -> Iterator[Position
         yield Position(iteration, None, step)
 
 
-def planned_iterations(spec: FlywheelSpec, available_slices: int | None = None) -> int:
-    """Iterations after the preparation; in continuous mode as many as the slices allow."""
+def initial_iterations(spec: FlywheelSpec) -> int:
+    """Iterations the first pool feeds: all of a finite run; in continuous mode, as many as the
+    first pool's slices D1.. allow."""
     if not spec.continuous:
         return int(spec.iterations)
-    slices = spec.pool.slices if available_slices is None else available_slices
-    return max(0, (slices - 1) // len(spec.stages))
+    return max(0, (spec.pool.slices - 1) // len(spec.stages))
 
 
-def next_position(
-    spec: FlywheelSpec, completed: Set[str], available_slices: int | None = None
-) -> Position | None:
+def from_new_batch(spec: FlywheelSpec, iteration: int) -> bool:
+    """Continuous mode: iterations past the first pool each battle on a newly published batch."""
+    return spec.continuous and iteration > initial_iterations(spec)
+
+
+def planned_iterations(spec: FlywheelSpec, new_batches: int = 0) -> int:
+    """Iterations after the preparation: in continuous mode one more per new batch of data."""
+    return initial_iterations(spec) + (new_batches if spec.continuous else 0)
+
+
+def next_position(spec: FlywheelSpec, completed: Set[str], new_batches: int = 0) -> Position | None:
     """The first position not yet completed, or None when every planned iteration is done."""
-    for iteration in range(planned_iterations(spec, available_slices) + 1):
+    for iteration in range(planned_iterations(spec, new_batches) + 1):
         for position in iteration_positions(spec, iteration):
             if position.key() not in completed:
                 return position

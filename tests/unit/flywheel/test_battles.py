@@ -13,8 +13,7 @@ from arena_flywheel.domain.battles import (
 from arena_flywheel.domain.plan import Position, Step, candidate_at, trained_model_name
 from arena_flywheel.domain.spec import parse_spec
 
-SPEC = parse_spec(
-    """
+SPEC_TEXT = """
 name: lineage
 models:
   target: {backend: transformers, path: /m/t}
@@ -27,7 +26,7 @@ pool: {dataset: /d/pool.jsonl, slices: 7}
 evaluation: {test_set: /d/test.jsonl}
 iterations: 2
 """
-)
+SPEC = parse_spec(SPEC_TEXT)
 
 
 def test_training_rounds_pit_the_target_against_every_opponent() -> None:
@@ -70,3 +69,28 @@ def test_each_stage_builds_on_the_model_the_previous_stage_loaded() -> None:
 
 def test_chunks_cover_everything_in_order() -> None:
     assert [list(chunk) for chunk in chunks([1, 2, 3, 4, 5], 2)] == [[1, 2], [3, 4], [5]]
+
+
+def test_continuous_runs_add_an_iteration_per_new_batch_each_split_first() -> None:
+    spec = parse_spec(
+        SPEC_TEXT.replace("iterations: 2", "iterations: continuous").replace(
+            "slices: 7", "slices: 4"
+        )
+    )
+    from arena_flywheel.domain.plan import (
+        from_new_batch,
+        iteration_positions,
+        next_position,
+        planned_iterations,
+    )
+
+    assert planned_iterations(spec) == 1
+    assert planned_iterations(spec, new_batches=2) == 3
+    assert not from_new_batch(spec, 1)
+    assert from_new_batch(spec, 2)
+    second = list(iteration_positions(spec, 2))
+    assert second[0] == Position(2, None, Step.SPLIT)
+    assert second[1] == Position(2, "sft", Step.BATTLE)
+    done = {p.key() for i in range(2) for p in iteration_positions(spec, i)}
+    assert next_position(spec, done) is None  # waits for data
+    assert next_position(spec, done, new_batches=1) == Position(2, None, Step.SPLIT)

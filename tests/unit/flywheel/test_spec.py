@@ -120,10 +120,11 @@ def test_state_machine_resumes_from_completed_positions() -> None:
     assert next_position(spec, completed - {middle.key()}) == middle
 
 
-def test_continuous_mode_runs_as_many_iterations_as_slices_allow() -> None:
+def test_continuous_mode_runs_the_first_pool_then_one_iteration_per_new_batch() -> None:
     spec = parse_spec(_spec(iterations="continuous"))
-    assert planned_iterations(spec, available_slices=7) == 2
-    assert planned_iterations(spec, available_slices=10) == 3
+    first = (spec.pool.slices - 1) // len(spec.stages)
+    assert planned_iterations(spec) == first
+    assert planned_iterations(spec, new_batches=2) == first + 2
 
 
 def test_promotion_needs_the_lower_bound_above_the_incumbent() -> None:

@@ -1036,6 +1036,7 @@ class StepResult(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     MODEL_SHARES_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    INPUT_DATASET_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model the step produced or evaluated (the candidate after train/register/load)."""
     checkpoint_id: _builtins.str
@@ -1044,6 +1045,8 @@ class StepResult(_message.Message):
     snapshot_id: _builtins.str
     """Leaderboard snapshot (rate)."""
     battle_count: _builtins.int
+    input_dataset_id: _builtins.str
+    """The dataset the step read, e.g. the pool it split."""
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DatasetRef]:
         """Datasets the step produced: pool slices D0..DN (split), the evaluation set, selected data."""
@@ -1078,10 +1081,11 @@ class StepResult(_message.Message):
         summary: _struct_pb2.Struct | None = ...,
         model_shares: _abc.Iterable[_common_pb2.ModelShare] | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        input_dataset_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "finished_at", b"finished_at", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["battle_count", b"battle_count", "checkpoint_id", b"checkpoint_id", "checkpoint_uri", b"checkpoint_uri", "datasets", b"datasets", "decision", b"decision", "finished_at", b"finished_at", "leaderboard", b"leaderboard", "model", b"model", "model_shares", b"model_shares", "snapshot_id", b"snapshot_id", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["battle_count", b"battle_count", "checkpoint_id", b"checkpoint_id", "checkpoint_uri", b"checkpoint_uri", "datasets", b"datasets", "decision", b"decision", "finished_at", b"finished_at", "input_dataset_id", b"input_dataset_id", "leaderboard", b"leaderboard", "model", b"model", "model_shares", b"model_shares", "snapshot_id", b"snapshot_id", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1119,19 +1123,29 @@ class RunRecord(_message.Message):
 
     RUN_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    POOL_DATASET_ID_FIELD_NUMBER: _builtins.int
+    POOL_BATCHES_FIELD_NUMBER: _builtins.int
+    pool_dataset_id: _builtins.str
+    """Continuous mode: the pool the run started from, and each batch of pool data published since,
+    in arrival order; batch k is split and battled in iteration (initial iterations + k).
+    """
     @_builtins.property
     def run(self) -> Global___FlywheelRun: ...
     @_builtins.property
     def results(self) -> _containers.MessageMap[_builtins.str, Global___StepResult]: ...
+    @_builtins.property
+    def pool_batches(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DatasetRef]: ...
     def __init__(
         self,
         *,
         run: Global___FlywheelRun | None = ...,
         results: _abc.Mapping[_builtins.str, Global___StepResult] | None = ...,
+        pool_dataset_id: _builtins.str = ...,
+        pool_batches: _abc.Iterable[_common_pb2.DatasetRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool_batches", b"pool_batches", "pool_dataset_id", b"pool_dataset_id", "results", b"results", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
