@@ -14,7 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 _MEMORY_LIMIT = 100_000
+_UNSEEN: Any = object()
 _GOLD_SET_NAMES = {pb.GOLD_SET_PANDALM: "pandalm", pb.GOLD_SET_LLMBAR: "llmbar"}
 
 
@@ -86,10 +87,16 @@ class _Prepared:
 
 
 @dataclass
-class _Answers:
+class _Batch:
+    """What the tasks of one `judge_tasks` call share: their answers, fetched once."""
+
     found: dict[str, inference_pb2.Generation]
     missing: set[str]
     unavailable: str | None = None
+    # The judge specs of this batch, by their serialization, once converted and validated, and
+    # once registered: the tasks of a batch usually share one spec, so each is done once.
+    definitions: dict[bytes, JudgeDefinition] = field(default_factory=dict)
+    registered: set[bytes] = field(default_factory=set)
 
 
 def _reason(error: BaseException) -> str:
@@ -157,19 +164,19 @@ class JudgeApplication:
     async def judge_tasks(
         self, tasks: Sequence[pb.JudgmentTask], max_concurrency: int | None = None
     ) -> list[pb.Judgment | pb.JudgmentError]:
-        answers = await self._fetch_answers(tasks)
+        batch = await self._fetch_answers(tasks)
         slots = asyncio.Semaphore(max_concurrency or self._max_concurrency)
 
         async def one(task: pb.JudgmentTask) -> pb.Judgment | pb.JudgmentError:
             async with slots:
-                return await self._judge_one(task, answers)
+                return await self._judge_one(task, batch)
 
         return list(await asyncio.gather(*(one(task) for task in tasks)))
 
     async def judge_task(self, task: pb.JudgmentTask) -> pb.Judgment | pb.JudgmentError:
         return (await self.judge_tasks([task]))[0]
 
-    async def _fetch_answers(self, tasks: Sequence[pb.JudgmentTask]) -> _Answers:
+    async def _fetch_answers(self, tasks: Sequence[pb.JudgmentTask]) -> _Batch:
         ids = [
             candidate.generation_id
             for task in tasks
@@ -177,20 +184,20 @@ class JudgeApplication:
             if candidate.WhichOneof("answer") == "generation_id"
         ]
         if not ids:
-            return _Answers({}, set())
+            return _Batch({}, set())
         try:
             found, missing = await self._answers.get_generations(ids)
         except UnavailableError as error:
-            return _Answers({}, set(), unavailable=str(error))
+            return _Batch({}, set(), unavailable=str(error))
         except ArenaError as error:
-            return _Answers({}, set(), unavailable=f"answers could not be fetched: {error}")
-        return _Answers(found, set(missing))
+            return _Batch({}, set(), unavailable=f"answers could not be fetched: {error}")
+        return _Batch(found, set(missing))
 
     async def _judge_one(
-        self, task: pb.JudgmentTask, answers: _Answers
+        self, task: pb.JudgmentTask, batch: _Batch
     ) -> pb.Judgment | pb.JudgmentError:
         try:
-            prepared = await self._prepare(task, answers)
+            prepared = await self._prepare(task, batch)
         except ArenaError as error:
             return self._error(
                 task, _reason(error), str(error), isinstance(error, UnavailableError)
@@ -264,8 +271,12 @@ class JudgeApplication:
         )
         side = outcome.verdict.side
         self._remember(self._recent_sides, prepared.key, side)
-        other_side = self._recent_sides.get(other_key)
-        if other_side is None:
+        other_side = self._recent_sides.get(other_key, _UNSEEN)
+        if other_side is _UNSEEN and other_key in self._inflight:
+            # The other order is being judged here and has not got this far: it finds this
+            # order in memory when it does, and counts the pair then. No cache lookup needed.
+            return
+        if other_side is None or other_side is _UNSEEN:
             other = await self._cache.get(other_key)
             if other is None or other.parse_status != pb.PARSE_STATUS_OK:
                 return
@@ -285,9 +296,13 @@ class JudgeApplication:
         if len(memory) > _MEMORY_LIMIT:
             memory.popitem(last=False)
 
-    async def _prepare(self, task: pb.JudgmentTask, answers: _Answers) -> _Prepared:
-        definition = definition_of(task.judge, self._default_retries)
-        definition.validate()
+    async def _prepare(self, task: pb.JudgmentTask, batch: _Batch) -> _Prepared:
+        encoded = task.judge.SerializeToString(deterministic=True)
+        definition = batch.definitions.get(encoded)
+        if definition is None:
+            definition = definition_of(task.judge, self._default_retries)
+            definition.validate()
+            batch.definitions[encoded] = definition
         item = task.item
         if definition.pairwise and task.order not in (
             pb.JUDGE_ORDER_UNSPECIFIED,
@@ -297,29 +312,31 @@ class JudgeApplication:
             raise InvalidArgumentError(f"unknown order {task.order}", where="order")
         order = Order(task.order or Order.AB) if definition.pairwise else Order.AB
         needs_a = definition.protocol is not Protocol.DIFFICULTY
-        text_a, generation_a = self._answer(item.a, answers, "item.a") if needs_a else ("", None)
+        text_a, generation_a = self._answer(item.a, batch, "item.a") if needs_a else ("", None)
         text_b: str | None = None
         generation_b = None
         if definition.pairwise and item.HasField("b"):
-            text_b, generation_b = self._answer(item.b, answers, "item.b")
+            text_b, generation_b = self._answer(item.b, batch, "item.b")
         reference = item.reference_answer if item.HasField("reference_answer") else None
         pair = PairInput(messages_of(item.prompt), text_a, text_b, reference)
         self._engine.check(definition, pair)
-        await self._specs.register(task.judge)
+        if encoded not in batch.registered:
+            await self._specs.register(task.judge)
+            batch.registered.add(encoded)
         key = judgment_id(task.judge, item.prompt, text_a, text_b, reference, order)
         return _Prepared(task, definition, order, pair, key, generation_a, generation_b)
 
     def _answer(
-        self, candidate: pb.Candidate, answers: _Answers, where: str
+        self, candidate: pb.Candidate, batch: _Batch, where: str
     ) -> tuple[str, inference_pb2.Generation | None]:
         kind = candidate.WhichOneof("answer")
         if kind == "text":
             return candidate.text, None
         if kind != "generation_id":
             raise InvalidArgumentError("give the answer as generation_id or text", where=where)
-        if answers.unavailable is not None:
-            raise UnavailableError(answers.unavailable)
-        generation = answers.found.get(candidate.generation_id)
+        if batch.unavailable is not None:
+            raise UnavailableError(batch.unavailable)
+        generation = batch.found.get(candidate.generation_id)
         if generation is None:
             raise AnswerMissingError(
                 f"{where}: generation {candidate.generation_id} is not in the answer cache"
