@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[cpu,dev]' 'torch==2.13.0'
 	touch $(STAMP)
 
-run: setup ## Start the local stack (nats-server + all services), report health, stop
-	$(VENV)/bin/arena up --exit-when-healthy
+run: setup ## The demo: a real flywheel on the CPU (tiny models, 2 iterations), then stop
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/arena demo
 
 test: setup ## Run unit, integration and end-to-end tests
 	$(PY) -m pytest tests
@@ -67,9 +67,12 @@ chart: $(HELM) ## helm lint, render every values profile, validate against Kuber
 bench: setup ## Benchmarks, side by side with their reference implementations
 	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
-gpu-check: setup ## On a GPU node: vLLM backend vs raw vLLM, LoRA and swap; a ZeRO-2 training step
-	$(PY) tools/gpu_check.py
-	$(PY) -m arena_training.gpu_check
+# A GPU node's own python3 (CUDA torch; the venv's torch is the CPU build), GPU_PYTHON to change it;
+# wheels in .whl/ are installed first (a lent machine without network). Reports land in OUT.
+GPU_PYTHON ?= python3
+gpu-check: ## On a GPU node: backend vs raw vLLM (or HF generate), LoRA, swap; SFT/DPO (ZeRO-2) steps
+	GPU_PYTHON=$(GPU_PYTHON) OUT=$${OUT:-gpu-check-out} INFERENCE_TIMEOUT=3600 TRAINING_TIMEOUT=1800 \
+	  INFERENCE_ARGS="$${INFERENCE_ARGS:-}" TRAINING_ARGS="$${TRAINING_ARGS:-}" tools/device_gpu_check.sh
 
 clean: ## Remove the venv, caches and local stack state
 	rm -rf $(VENV) .arena .pytest_cache .mypy_cache .ruff_cache

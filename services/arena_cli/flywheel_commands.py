@@ -270,7 +270,7 @@ def start(spec_path: Path, run_id: str, follow: bool | None, target: str | None)
         if not follow:
             click.echo(f"follow it with: arena flywheel watch {run.run_id}", err=True)
             return run
-        return await _follow(stub, address, run.run_id, console)
+        return await follow_run(stub, address, run.run_id, console)
 
     final = _run_followed(target, body, run_id or None)
     if follow:
@@ -294,7 +294,7 @@ async def _server_violations(stub: pb_grpc.FlywheelServiceAsyncStub, text: str) 
 def watch(run_id: str, target: str | None) -> None:
     """Follows RUN's progress until it ends (Ctrl-C detaches; the run goes on)."""
     final = _run_followed(
-        target, lambda stub, address: _follow(stub, address, run_id, Console()), run_id
+        target, lambda stub, address: follow_run(stub, address, run_id, Console()), run_id
     )
     _exit_for(final)
 
@@ -444,7 +444,7 @@ class _Leaderboards:
             self.view.note(leaderboard_table(result))
 
 
-async def _follow(
+async def follow_run(
     stub: pb_grpc.FlywheelServiceAsyncStub, address: str, run_id: str, console: Console
 ) -> pb.FlywheelRun:
     """Streams RUN's progress into bars (or lines) until a terminal state; reconnects when the

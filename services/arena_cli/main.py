@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from arena_cli import (
+    demo_command,
     flywheel_commands,
     inference_commands,
     judge_commands,
@@ -29,6 +30,7 @@ inference_commands.register(cli)
 judge_commands.register(cli)
 training_commands.register(cli)
 flywheel_commands.register(cli)
+demo_command.register(cli)
 
 
 def main() -> None:
