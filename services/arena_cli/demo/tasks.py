@@ -1,8 +1,11 @@
 """Verifiable instruction tasks for the demo flywheel: every instruction has one known answer.
 
-Four families — ``arithmetic`` (add or subtract), ``reverse`` (a string backwards), ``sort``
-(digits in ascending order) and ``count`` (occurrences of a letter) — each at difficulty 1 to 3
-(more digits, longer strings, longer lists). The same seed always gives the same tasks.
+Four families, each at difficulty 1 to 3: ``arithmetic`` (two-digit sums without a carry, then
+with a carry or borrow, then two two-digit operands), ``reverse`` (3-5 letters backwards),
+``sort`` (3-5 digits in ascending order) and ``count`` (the letters in a 2-11 letter string).
+Instructions are short (a tiny model reads them character by character) and every level holds
+hundreds of distinct instructions, so a pool of thousands never repeats one. The same seed always
+gives the same tasks.
 
 A task becomes a pool record in the selection service's canonical format
 (``{"id", "messages", "source", "category", "meta"}``): the category is the family, and
@@ -101,7 +104,7 @@ def _arithmetic(rng: random.Random, difficulty: int) -> tuple[str, str]:
 
 
 def _reverse(rng: random.Random, difficulty: int) -> tuple[str, str]:
-    text = _letters(rng, _LETTERS, difficulty + 2)
+    text = _letters(rng, difficulty + 2)
     template = rng.choice(("Reverse {s}", "Reverse: {s}"))
     return template.format(s=text), text[::-1]
 
@@ -113,14 +116,14 @@ def _sort(rng: random.Random, difficulty: int) -> tuple[str, str]:
 
 
 def _count(rng: random.Random, difficulty: int) -> tuple[str, str]:
-    text = _letters(rng, _LETTERS, rng.randint(3 * difficulty - 1, 3 * difficulty + 2))
+    text = _letters(rng, rng.randint(3 * difficulty - 1, 3 * difficulty + 2))
     template = rng.choice(("How many letters in {s}?", "Count the letters: {s}"))
     return template.format(s=text), str(len(text))
 
 
-def _letters(rng: random.Random, alphabet: str, length: int) -> str:
+def _letters(rng: random.Random, length: int) -> str:
     while True:
-        text = "".join(rng.choice(alphabet) for _ in range(length))
+        text = "".join(rng.choice(_LETTERS) for _ in range(length))
         # The tokenizer spells the chat roles as single tokens; a payload never contains them.
         if not any(word in text for word in ROLE_WORDS):
             return text

@@ -14,9 +14,12 @@ warm-up runs to submit to the training service's ``StartRun`` before the flywhee
 reference judge, with per-stage recipe overrides that move a model of ~100k parameters in
 seconds on a CPU (learning rates far above the paper's, a few dozen steps, short sequences).
 
-Every number here was tuned with a standalone run of the same TRL trainers and settings (see
-the design notes in the demo's README section): the target's Elo rises with non-overlapping 95%
-intervals between iteration 0 and iteration 2 on the CPU in minutes.
+Every number here was tuned with a standalone run of the flywheel on these assets — the training
+worker's own TRL code with these recipes, the selection service's split and SFT/DPO selection,
+the reference judge's scoring and the rating service's Bradley–Terry bootstrap — until the
+target's Elo rose with non-overlapping 95% intervals from iteration 0 to iteration 2 for every
+seed tried (seeds 0-2 at these defaults: test accuracy 4-10 % → 20-26 % → 43-54 %), in about
+four minutes of one CPU core.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class DemoDesign:
 
     model: ModelSize = DEMO_MODEL
     # Records per pool slice; the pool holds D0..D6 (the flywheel reserves D0, battles D1..D6).
-    slice_size: int = 1000
+    slice_size: int = 500
     pool_slices: int = 7
     test_size: int = 200
     # The target's initial data (its D0) and how long it trains on it: deliberately short.
