@@ -72,7 +72,7 @@ bench: setup ## Benchmarks, side by side with their reference implementations
 GPU_PYTHON ?= python3
 gpu-check: ## On a GPU node: backend vs raw vLLM (or HF generate), LoRA, swap; SFT/DPO (ZeRO-2) steps
 	GPU_PYTHON=$(GPU_PYTHON) OUT=$${OUT:-gpu-check-out} INFERENCE_TIMEOUT=3600 TRAINING_TIMEOUT=1800 \
-	  INFERENCE_ARGS="$${INFERENCE_ARGS:-}" TRAINING_ARGS="$${TRAINING_ARGS:-}" tools/device_gpu_check.sh
+	  INFERENCE_ARGS="$${INFERENCE_ARGS:-}" TRAINING_ARGS="$${TRAINING_ARGS:-}" bash tools/device_gpu_check.sh
 
 clean: ## Remove the venv, caches and local stack state
 	rm -rf $(VENV) .arena .pytest_cache .mypy_cache .ruff_cache

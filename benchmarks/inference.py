@@ -3,9 +3,10 @@ directly, same prompts and seeds, in one run; printed side by side with ratios.
 
 On a CPU this uses a small random Llama (built here, nothing downloaded) on the transformers
 backend; the goal is service >= 0.9x direct. The service runs as its own process (as deployed),
-and every path is measured once per round, interleaved, best round reported. Besides tokens/s
-the table shows tokens per CPU second of the process that generated (the benchmark for the direct
-path, the service for the others), which is robust to load from other tenants of the machine.
+and every path is measured once per round, interleaved, best round reported. Both sides decode in
+the backend's worker process (its default). Besides tokens/s the table shows tokens per CPU second
+of the processes that generated (the benchmark and its worker for the direct path, the service and
+its worker for the others), which is robust to load from other tenants of the machine.
 With ``--vllm MODEL_DIR`` on a GPU node the vLLM backend is also measured against vLLM's own
 offline ``LLM.generate`` (goal >= 0.95x); ``make gpu-check`` does the same on a ~1B model.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -75,8 +77,9 @@ class Row:
     path: str
     seconds: float
     tokens: int
-    # CPU time of the process that generated (this one for the direct path, the service's for
-    # the others): tokens per CPU second is robust to load from other tenants of the machine.
+    # CPU time of the processes that generated (this one and its decoding worker for the direct
+    # path, the service and its worker for the others): tokens per CPU second is robust to load
+    # from other tenants of the machine.
     cpu_seconds: float
 
     @property
@@ -88,12 +91,23 @@ class Row:
         return self.tokens / self.cpu_seconds if self.cpu_seconds else 0.0
 
 
-def process_cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one when pid is None)."""
-    if pid is None:
-        return time.process_time()
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its running descendants (the service's decoding worker
+    is a grandchild: the service starts a fork server, which starts the worker)."""
+    total = process_cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            total += sum(tree_cpu_seconds(int(child)) for child in task.read_text().split())
+    return total
 
 
 def prompts(count: int) -> list[str]:
@@ -106,16 +120,17 @@ def sampling(index: int, max_tokens: int) -> Sampling:
     return Sampling(temperature=0.8, top_p=0.95, seed=index, max_tokens=max_tokens)
 
 
-async def timed(path: str, run: Callable[[], Awaitable[int]], pid: int | None) -> Row:
-    cpu = process_cpu_seconds(pid)
+async def timed(path: str, run: Callable[[], Awaitable[int]], cpu: Callable[[], float]) -> Row:
+    cpu_before = cpu()
     started = time.perf_counter()
     tokens = await run()
     seconds = time.perf_counter() - started
-    return Row(path, seconds, tokens, process_cpu_seconds(pid) - cpu)
+    return Row(path, seconds, tokens, cpu() - cpu_before)
 
 
 class DirectBackend:
-    """The transformers backend called directly: the reference path."""
+    """The transformers backend called directly: the reference path. It decodes in a worker
+    process of its own, as in the service (the backend's default)."""
 
     def __init__(self, model: Path, batch: int) -> None:
         self.backend = TransformersBackend(
@@ -123,6 +138,11 @@ class DirectBackend:
             max_batch_size=batch,
             batch_window_seconds=0.005,
         )
+
+    def cpu_seconds(self) -> float:
+        """This process's CPU time and its decoding worker's."""
+        worker = self.backend.worker_pid
+        return time.process_time() + (process_cpu_seconds(worker) if worker else 0.0)
 
     async def run(self, items: list[str], max_tokens: int) -> int:
         requests = [
@@ -175,7 +195,7 @@ class Service:
                 "ARENA_INFERENCE__BATCH_WINDOW_MS": "5",
                 "ARENA_INFERENCE__HTTP_PORT": "0",
                 # More handlers than one batch, so the next batch queues while one decodes.
-                "ARENA_INFERENCE__QUEUE_CONCURRENCY": str(4 * batch),
+                "ARENA_INFERENCE__QUEUE_CONCURRENCY": str(2 * batch),
             },
         )
         return cls(nats_server, process, grpc_port)
@@ -186,6 +206,10 @@ class Service:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the service did not start (exit {self.process.poll()})")
             await asyncio.sleep(0.5)
+
+    def cpu_seconds(self) -> float:
+        """The service's CPU time, its decoding worker's included."""
+        return tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -276,8 +300,8 @@ async def measure(
             await run(texts[:batch])  # warm-up
         for _ in range(rounds):
             for path, run in paths:
-                pid = None if path.startswith("direct") else service.process.pid
-                row = await timed(path, lambda run=run: run(texts), pid)  # type: ignore[misc]
+                cpu = direct.cpu_seconds if path.startswith("direct") else service.cpu_seconds
+                row = await timed(path, lambda run=run: run(texts), cpu)  # type: ignore[misc]
                 if path not in best or row.seconds < best[path].seconds:
                     best[path] = row
     finally:

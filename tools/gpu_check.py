@@ -1,21 +1,31 @@
-"""`make gpu-check`: the inference service's vLLM backend on a real GPU, measured.
+"""`make gpu-check`: the inference service's backends on a real GPU, measured.
 
 For a machine with an NVIDIA GPU and no network. It
 
 1. reports the CUDA devices torch sees (and exits non-zero when there is none);
 2. saves a random-weight Llama-style model of about 1B parameters, with a byte-level BPE tokenizer
    trained here on generated text and a ChatML chat template (nothing is downloaded);
-3. generates the same prompts through raw vLLM (offline ``LLM.generate``, in a child process so
-   its GPU memory is returned) and through the service's vLLM backend (``AsyncLLM`` behind the
-   registry and engine, as the service runs it), and prints tokens/s for both and their ratio
-   (goal: service >= 0.95x raw vLLM);
+3. measures throughput on the same prompts and sampling, as tokens/s and their ratio:
+   - with vLLM importable, raw vLLM (offline ``LLM.generate``, in a child process so its GPU
+     memory is returned) against the service's vLLM backend (``AsyncLLM`` behind the registry and
+     engine, as the service runs it); goal: service >= 0.95x raw vLLM;
+   - without vLLM (a machine that cannot install it: its wheel is far larger than what can be
+     carried to a lent GPU), the JSON says so, ``"vllm": {"available": false, "reason": ...}``,
+     and the service's transformers backend is measured instead: the prompts go through the
+     registry, the engine and dynamic batching and are decoded in the backend's worker process,
+     against Hugging Face ``generate`` called directly on the same model, batch for batch;
+     goal: service >= 0.9x direct;
 4. attaches a LoRA adapter at run time, checks that it changes greedy answers, detaches it, and
    checks that requests naming it are then refused;
 5. swaps in a new checkpoint under the same model name while requests are in flight, and checks
    that none failed and that later answers come from the new revision.
 
-Every figure is printed as one JSON object (``--json``) and written to ``--record`` (default
-``gpu-check.json``), so each run leaves its numbers behind.
+Steps 4 and 5 run on whichever backend step 3 measured. A step that fails is reported with its
+error and the others still run. Every figure is printed as one JSON object (``--json``) and
+written to ``--record`` (default ``gpu-check.json``) after every step, so even a run cut short
+leaves its numbers behind. ``--cpu`` rehearses the whole script on the CPU with a small model
+(``--backend transformers`` there, since vLLM has no CPU build): a check of the script, not a
+measurement.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import json
 import multiprocessing
 import os
@@ -30,6 +41,9 @@ import random
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +76,16 @@ SMALLER = {  # the second checkpoint of the swap check: any architecture will do
     "num_attention_heads": 16,
     "num_key_value_heads": 8,
 }
+# --cpu: a rehearsal of the script, small enough for a laptop.
+REHEARSAL = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+REHEARSAL_SWAP = {**REHEARSAL, "hidden_size": 32, "num_attention_heads": 2}
+TEMPERATURE, TOP_P = 0.8, 0.95  # the sampling of every throughput run, on both sides
 
 
 # --- devices --------------------------------------------------------------------------------------
@@ -85,7 +109,16 @@ def cuda_report() -> dict[str, Any]:
     return {"torch": torch.__version__, "cuda": torch.version.cuda, "devices": devices}
 
 
-# --- a local ~1B model ----------------------------------------------------------------------------
+def vllm_status() -> dict[str, Any]:
+    """Whether vLLM can be imported here, with its version or the reason it cannot."""
+    try:
+        vllm = importlib.import_module("vllm")
+    except Exception as error:  # noqa: BLE001 - any import failure means "not available"
+        return {"available": False, "reason": f"{type(error).__name__}: {error}"}
+    return {"available": True, "version": str(getattr(vllm, "__version__", "unknown"))}
+
+
+# --- a local model --------------------------------------------------------------------------------
 
 
 def train_tokenizer(
@@ -127,14 +160,21 @@ def train_tokenizer(
 
 
 def build_model(
-    folder: Path, shape: dict[str, int], seed: int, vocab_size: int = 8192, context: int = 2048
+    folder: Path,
+    shape: dict[str, int],
+    seed: int,
+    vocab_size: int = 8192,
+    context: int = 2048,
+    device: str = "cuda",
+    corpus_lines: int = 4000,
 ) -> dict[str, Any]:
-    """Saves a random bf16 Llama of `shape` with its tokenizer; initialised on the GPU (fast)."""
+    """Saves a random Llama of `shape` with its tokenizer: bf16, initialised on the GPU (fast);
+    float32 on the CPU."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     started = time.perf_counter()
-    tokenizer = train_tokenizer(folder, vocab_size, context)
+    tokenizer = train_tokenizer(folder, vocab_size, context, corpus_lines)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=context,
@@ -145,14 +185,17 @@ def build_model(
         **shape,
     )
     torch.manual_seed(seed)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    if device != "cpu":
+        model = model.to(torch.bfloat16)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     parameters = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder)
     del model
     gc.collect()
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return {
         "parameters": parameters,
         "vocab_size": len(tokenizer),
@@ -160,23 +203,83 @@ def build_model(
     }
 
 
-def build_lora(model_dir: Path, folder: Path) -> Path:
-    """A random (non-zero) LoRA adapter on q/v projections, so it visibly changes answers."""
+def build_lora(model_dir: Path, folder: Path, rank: int = 8, dtype: str = "bfloat16") -> Path:
+    """A random (non-zero) LoRA adapter on q/v projections, so it visibly changes answers; in
+    the dtype the base model is served in."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    base = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, dtype) if dtype else torch.float32
+    )
     lora = get_peft_model(
         base,
         LoraConfig(
-            r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+            r=rank, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
         ),
     )
     lora.save_pretrained(folder)
     del base, lora
     gc.collect()
     return folder
+
+
+# --- which backend the checks run on --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """The backend the throughput, LoRA and swap checks run on, and how its specs and engines
+    are made: vLLM (``utilization`` is each engine's share of GPU memory; two run during the
+    swap) or transformers (on ``device`` in ``dtype``, batches of up to ``batch``)."""
+
+    kind: str  # "vllm" or "transformers"
+    utilization: float = 0.35
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    batch: int = 64
+
+    def spec(self, name: str, model_dir: Path, revision: str, lora: bool = False) -> Any:
+        from arena_inference.domain.types import BackendKind, ModelSpec
+
+        if self.kind == "transformers":
+            return ModelSpec(
+                name,
+                BackendKind.TRANSFORMERS,
+                uri=str(model_dir),
+                revision=revision,
+                dtype=self.dtype,
+                backend_options={"device": self.device, "max_batch_size": self.batch},
+            )
+        options: dict[str, Any] = {
+            "gpu_memory_utilization": self.utilization,
+            "sampling_overrides": {"ignore_eos": True},  # equal token counts on both paths
+        }
+        if lora:
+            options.update({"enable_lora": True, "max_lora_rank": 8, "max_loras": 2})
+        return ModelSpec(
+            name, BackendKind.VLLM, uri=str(model_dir), revision=revision, backend_options=options
+        )
+
+    def engine(self) -> Any:
+        """The registry and engine the service runs, with an in-memory answer cache."""
+        from arena_inference.domain.engine import InferenceEngine
+        from arena_inference.domain.ports import MemoryAnswerCache
+        from arena_inference.domain.registry import ModelRegistry
+
+        factory: Callable[[Any], Any]
+        if self.kind == "transformers":
+            from arena_inference.backends.transformers_backend import TransformersBackend
+
+            factory = TransformersBackend
+        else:
+            from arena_inference.backends.vllm_backend import VllmBackend
+
+            def factory(spec: Any) -> Any:
+                return VllmBackend(spec, gpu_memory_utilization=self.utilization)
+
+        return InferenceEngine(ModelRegistry(factory), MemoryAnswerCache())
 
 
 # --- throughput -----------------------------------------------------------------------------------
@@ -187,7 +290,7 @@ def prompts(count: int) -> list[str]:
 
 
 def chat_prompt_ids(model_dir: Path, texts: list[str]) -> list[list[int]]:
-    """The exact token ids the backend feeds, so raw vLLM gets identical prompts."""
+    """The exact token ids the backends feed, so the reference gets identical prompts."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -208,7 +311,9 @@ def _raw_vllm_child(
     ids = chat_prompt_ids(Path(model_dir), texts)
     llm = LLM(model=model_dir, enable_prefix_caching=True, gpu_memory_utilization=utilization)
     params = [
-        SamplingParams(temperature=0.8, top_p=0.95, seed=i, max_tokens=max_tokens, ignore_eos=True)
+        SamplingParams(
+            temperature=TEMPERATURE, top_p=TOP_P, seed=i, max_tokens=max_tokens, ignore_eos=True
+        )
         for i in range(len(texts))
     ]
     batch = [{"prompt_token_ids": prompt} for prompt in ids]
@@ -235,36 +340,69 @@ def raw_vllm_throughput(
     return float(seconds), int(tokens)
 
 
-def _spec(
-    name: str, model_dir: Path, revision: str, utilization: float, enable_lora: bool = False
-) -> Any:
-    from arena_inference.domain.types import BackendKind, ModelSpec
+def hf_generate_throughput(
+    model_dir: Path,
+    texts: list[str],
+    max_tokens: int,
+    batch: int,
+    device: str = "cuda",
+    dtype: str = "bfloat16",
+) -> tuple[float, int]:
+    """(seconds, generated tokens) of Hugging Face ``generate`` called directly: the same
+    prompts in batches of `batch` (left-padded), the same sampling (temperature, top_p and no
+    top_k, as the backend samples); tokens after a row's end of sequence are not counted."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    options: dict[str, Any] = {
-        "gpu_memory_utilization": utilization,
-        "sampling_overrides": {"ignore_eos": True},  # equal token counts on both paths
-    }
-    if enable_lora:
-        options.update({"enable_lora": True, "max_lora_rank": 8, "max_loras": 2})
-    return ModelSpec(
-        name, BackendKind.VLLM, uri=str(model_dir), revision=revision, backend_options=options
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, dtype) if dtype else torch.float32
     )
+    model.to(device).eval()
+    ids = chat_prompt_ids(model_dir, texts)
+    eos = tokenizer.eos_token_id
+
+    def generate(model: Any, chunk: list[list[int]]) -> int:
+        padded = tokenizer.pad({"input_ids": chunk}, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            output = model.generate(
+                **padded,
+                do_sample=True,
+                temperature=TEMPERATURE,
+                top_p=TOP_P,
+                top_k=0,
+                max_new_tokens=max_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = output[:, padded["input_ids"].shape[1] :].tolist()
+        return sum(row.index(eos) if eos in row else len(row) for row in new)
+
+    torch.manual_seed(0)
+    generate(model, ids[: min(8, len(ids))])  # warm-up
+    _synchronize(device)
+    started = time.perf_counter()
+    tokens = sum(generate(model, ids[i : i + batch]) for i in range(0, len(ids), batch))
+    _synchronize(device)
+    seconds = time.perf_counter() - started
+    del model
+    gc.collect()
+    if device != "cpu":
+        torch.cuda.empty_cache()
+    return seconds, tokens
 
 
-def _engine(utilization: float) -> Any:
-    from arena_inference.backends.vllm_backend import VllmBackend
-    from arena_inference.domain.engine import InferenceEngine
-    from arena_inference.domain.ports import MemoryAnswerCache
-    from arena_inference.domain.registry import ModelRegistry
+def _synchronize(device: str) -> None:
+    if device != "cpu":
+        import torch
 
-    registry = ModelRegistry(lambda spec: VllmBackend(spec, gpu_memory_utilization=utilization))
-    return InferenceEngine(registry, MemoryAnswerCache())
+        torch.cuda.synchronize()
 
 
 def _inputs(model: str, texts: list[str], max_tokens: int, **sampling: Any) -> list[Any]:
     from arena_inference.domain.types import ChatMessage, GenerationInput, ModelRef, Role, Sampling
 
-    values = {"temperature": 0.8, "top_p": 0.95, "max_tokens": max_tokens, **sampling}
+    values = {"temperature": TEMPERATURE, "top_p": TOP_P, "max_tokens": max_tokens, **sampling}
     return [
         GenerationInput(
             ModelRef(model),
@@ -275,14 +413,15 @@ def _inputs(model: str, texts: list[str], max_tokens: int, **sampling: Any) -> l
     ]
 
 
-async def vllm_backend_throughput(
-    model_dir: Path, texts: list[str], max_tokens: int, utilization: float = 0.35
+async def backend_throughput(
+    target: Target, model_dir: Path, texts: list[str], max_tokens: int
 ) -> tuple[float, int]:
-    """(seconds, generated tokens) through the engine and the vLLM backend, cache bypassed."""
+    """(seconds, generated tokens) through the engine and the target's backend, cache
+    bypassed, every prompt submitted at once (the backend batches them)."""
     from arena_inference.domain.types import CachePolicy, Generation
 
-    engine = _engine(utilization)
-    await engine.registry.register(_spec("bench", model_dir, "r1", utilization), load=True)
+    engine = target.engine()
+    await engine.registry.register(target.spec("bench", model_dir, "r1"), load=True)
     try:
         await engine.generate_batch(_inputs("bench", texts[:8], max_tokens), CachePolicy.BYPASS)
         started = time.perf_counter()
@@ -298,16 +437,53 @@ async def vllm_backend_throughput(
     return seconds, sum(r.completion_tokens for r in results if isinstance(r, Generation))
 
 
+async def vllm_backend_throughput(
+    model_dir: Path, texts: list[str], max_tokens: int, utilization: float = 0.35
+) -> tuple[float, int]:
+    """(seconds, generated tokens) through the engine and the vLLM backend, cache bypassed."""
+    return await backend_throughput(
+        Target("vllm", utilization=utilization), model_dir, texts, max_tokens
+    )
+
+
+def throughput(
+    target: Target, model_dir: Path, texts: list[str], max_tokens: int
+) -> dict[str, Any]:
+    """The target's backend against the reference on the same prompts and sampling."""
+    if target.kind == "vllm":
+        reference_name, goal = "raw_vllm", 0.95
+        reference = raw_vllm_throughput(model_dir, texts, max_tokens, target.utilization)
+    else:
+        reference_name, goal = "direct_hf_generate", 0.9
+        reference = hf_generate_throughput(
+            model_dir, texts, max_tokens, target.batch, target.device, target.dtype
+        )
+    ours = asyncio.run(backend_throughput(target, model_dir, texts, max_tokens))
+    reference_rate, our_rate = reference[1] / reference[0], ours[1] / ours[0]
+    return {
+        "backend": target.kind,
+        "prompts": len(texts),
+        "max_tokens": max_tokens,
+        **({"batch_size": target.batch} if target.kind == "transformers" else {}),
+        f"{reference_name}_tokens": reference[1],
+        f"{reference_name}_tokens_per_second": round(reference_rate, 1),
+        "service_backend_tokens": ours[1],
+        "service_backend_tokens_per_second": round(our_rate, 1),
+        "ratio": round(our_rate / reference_rate, 3),
+        "goal": goal,
+    }
+
+
 # --- LoRA and swap --------------------------------------------------------------------------------
 
 
-async def lora_check(model_dir: Path, lora_dir: Path, utilization: float) -> dict[str, Any]:
+async def lora_check(target: Target, model_dir: Path, lora_dir: Path) -> dict[str, Any]:
     from arena_core.errors import NotFoundError
     from arena_inference.domain.types import AdapterSpec, CachePolicy, ModelRef
 
-    engine = _engine(utilization)
+    engine = target.engine()
     registry = engine.registry
-    await registry.register(_spec("lora-base", model_dir, "r1", utilization, True), load=True)
+    await registry.register(target.spec("lora-base", model_dir, "r1", lora=True), load=True)
     try:
         question = _inputs("lora-base", ["Tell me about adapters."], 24, temperature=0.0)[0]
         base = await engine.generate(question, CachePolicy.BYPASS)
@@ -335,6 +511,7 @@ async def lora_check(model_dir: Path, lora_dir: Path, utilization: float) -> dic
     )
     return {
         "ok": ok,
+        "backend": target.kind,
         "adapter_load_seconds": round(load_seconds, 2),
         "answer_changed_with_adapter": styled.choices[0].text != base.choices[0].text,
         "refused_after_unload": refused,
@@ -343,14 +520,14 @@ async def lora_check(model_dir: Path, lora_dir: Path, utilization: float) -> dic
 
 
 async def swap_check(
-    first: Path, second: Path, utilization: float, settle_seconds: float = 2.0
+    target: Target, first: Path, second: Path, settle_seconds: float = 2.0
 ) -> dict[str, Any]:
     """Replaces the registration while requests stream in; none may fail."""
     from arena_inference.domain.types import CachePolicy, Generation
 
-    engine = _engine(utilization)
+    engine = target.engine()
     registry = engine.registry
-    await registry.register(_spec("target", first, "step-1", utilization), load=True)
+    await registry.register(target.spec("target", first, "step-1"), load=True)
     stop = asyncio.Event()
     revisions: list[str] = []
     failures: list[str] = []
@@ -372,7 +549,7 @@ async def swap_check(
     try:
         await asyncio.sleep(settle_seconds)
         started = time.perf_counter()
-        await registry.register(_spec("target", second, "step-2", utilization), replace=True)
+        await registry.register(target.spec("target", second, "step-2"), replace=True)
         swap_seconds = time.perf_counter() - started
         await asyncio.sleep(settle_seconds)
     finally:
@@ -382,6 +559,7 @@ async def swap_check(
     tail = revisions[-8:]
     return {
         "ok": not failures and "step-1" in revisions and tail == ["step-2"] * len(tail),
+        "backend": target.kind,
         "swap_seconds": round(swap_seconds, 1),
         "requests_during_check": len(revisions),
         "failed_requests": failures[:5],
@@ -393,69 +571,124 @@ async def swap_check(
 # --- main -----------------------------------------------------------------------------------------
 
 
-def main() -> int:
+class Record:
+    """The report, written to its file after every step (a run cut short keeps what it has)."""
+
+    def __init__(self, path: Path, report: dict[str, Any]) -> None:
+        self.path = path
+        self.report = report
+        self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.report, indent=2) + "\n", encoding="utf-8")
+
+    def step(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """Runs one step; its failure is recorded in its place and the next steps still run."""
+        started = time.perf_counter()
+        print(f"gpu-check: {name} ...", file=sys.stderr, flush=True)
+        try:
+            result: dict[str, Any] | None = run()
+        except Exception as error:  # noqa: BLE001 - reported; the other steps still run
+            traceback.print_exc()
+            result = None
+            self.report[name] = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        else:
+            self.report[name] = result
+        self.report.setdefault("step_seconds", {})[name] = round(time.perf_counter() - started, 1)
+        self.save()
+        return result
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "vllm", "transformers"],
+        default="auto",
+        help="auto: vLLM when it can be imported, else the transformers backend",
+    )
     parser.add_argument(
         "--utilization",
         type=float,
         default=0.35,
         help="GPU memory share of each vLLM engine (two run during the swap)",
     )
+    parser.add_argument(
+        "--batch", type=int, default=64, help="the transformers backend's max batch size"
+    )
+    parser.add_argument(
+        "--cpu", action="store_true", help="rehearse on the CPU with a small model (no figures)"
+    )
     parser.add_argument("--workdir", type=Path, help="where to save the models (default: tmp)")
     parser.add_argument("--record", type=Path, default=Path("gpu-check.json"))
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    arguments = parser.parse_args()
+    arguments = parser.parse_args(argv)
 
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     report.update(cuda_report())
-    if not report["devices"]:
+    if arguments.cpu:
+        report["rehearsal"] = "on the CPU with a small model: the script is checked, not measured"
+    elif not report["devices"]:
         print(json.dumps(report, indent=2))
         print("error: no CUDA device visible to torch", file=sys.stderr)
         return 1
-    try:
-        import vllm
-    except ImportError:
-        report["error"] = "vLLM is not installed: pip install '.[gpu]' on this node"
+    report["vllm"] = vllm_status()
+    kind = arguments.backend
+    if kind == "auto":
+        kind = "vllm" if report["vllm"]["available"] and not arguments.cpu else "transformers"
+    if kind == "vllm" and not report["vllm"]["available"]:
         print(json.dumps(report, indent=2))
+        print("error: --backend vllm, but vLLM cannot be imported here", file=sys.stderr)
         return 1
-    report["vllm"] = vllm.__version__
+    device = "cpu" if arguments.cpu else "cuda"
+    target = Target(
+        kind,
+        utilization=arguments.utilization,
+        device=device,
+        dtype="" if arguments.cpu else "bfloat16",
+        batch=arguments.batch,
+    )
+    report["backend"] = kind
+    record = Record(arguments.record, report)
+    size: dict[str, Any] = (
+        {"vocab_size": 512, "context": 512, "device": device, "corpus_lines": 300}
+        if arguments.cpu
+        else {}
+    )
+    first_shape, second_shape = (
+        (REHEARSAL, REHEARSAL_SWAP) if arguments.cpu else (ONE_BILLION, SMALLER)
+    )
 
-    ok = True
     with tempfile.TemporaryDirectory(prefix="arena-gpu-check-", dir=arguments.workdir) as tmp:
         root = Path(tmp)
-        report["model"] = build_model(root / "model-1b", ONE_BILLION, seed=0)
+        first, second = root / "model-1", root / "model-2"
         texts = prompts(arguments.prompts)
-        raw = raw_vllm_throughput(
-            root / "model-1b", texts, arguments.max_tokens, arguments.utilization
-        )
-        ours = asyncio.run(
-            vllm_backend_throughput(
-                root / "model-1b", texts, arguments.max_tokens, arguments.utilization
+        model = record.step("model", lambda: build_model(first, first_shape, seed=0, **size))
+        if model is not None:
+            record.step(
+                "throughput", lambda: throughput(target, first, texts, arguments.max_tokens)
             )
-        )
-        raw_rate, our_rate = raw[1] / raw[0], ours[1] / ours[0]
-        report["throughput"] = {
-            "prompts": len(texts),
-            "max_tokens": arguments.max_tokens,
-            "raw_vllm_tokens_per_second": round(raw_rate, 1),
-            "service_backend_tokens_per_second": round(our_rate, 1),
-            "ratio": round(our_rate / raw_rate, 3),
-            "goal": 0.95,
-        }
-        lora_dir = build_lora(root / "model-1b", root / "lora")
-        report["lora"] = asyncio.run(lora_check(root / "model-1b", lora_dir, arguments.utilization))
-        report["second_checkpoint"] = build_model(root / "model-swap", SMALLER, seed=1)
-        report["swap"] = asyncio.run(
-            swap_check(root / "model-1b", root / "model-swap", arguments.utilization)
-        )
-        ok = report["lora"]["ok"] and report["swap"]["ok"]
-    report["ok"] = ok
-    text = json.dumps(report, indent=None if arguments.json else 2)
-    print(text)
-    arguments.record.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 0 if ok else 1
+            lora_dir = root / "lora"
+            record.step(
+                "lora",
+                lambda: asyncio.run(
+                    lora_check(target, first, build_lora(first, lora_dir, dtype=target.dtype))
+                ),
+            )
+            if record.step(
+                "second_checkpoint", lambda: build_model(second, second_shape, seed=1, **size)
+            ):
+                record.step("swap", lambda: asyncio.run(swap_check(target, first, second)))
+    steps = ("throughput", "lora", "swap")
+    report["ok"] = all(
+        isinstance(report.get(name), dict) and report[name].get("ok", True) is True
+        for name in steps
+    )
+    record.save()
+    print(json.dumps(report, indent=None if arguments.json else 2))
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from contextlib import AsyncExitStack
 from typing import Any
@@ -41,7 +42,7 @@ from arena_inference.domain.registry import ModelRegistry
 from arena_inference.event_handlers import GenerationWorker
 from arena_inference.grpc_api import InferenceServicer
 from arena_inference.http_api import OpenAIHttpServer
-from arena_inference.metrics import PrometheusTelemetry, gpu_memory_sampler
+from arena_inference.metrics import PrometheusTelemetry, gpu_memory_sampler, sample_gpu_memory
 from arena_inference.registry_store import RegistryStore
 from arena_inference.settings import InferenceSettings
 
@@ -118,6 +119,12 @@ def wiring(settings: InferenceSettings) -> Wiring:
             ),
         ]
         stack.push_async_callback(_cancel, helpers)
+        await asyncio.to_thread(sample_gpu_memory)  # before the freeze: it may import torch
+        # What exists now (modules, settings, loaded models) lives as long as the service: keep
+        # it out of the collector's full passes, which otherwise walk every object of torch,
+        # grpc and protobuf and pause the event loop for a tenth of a second or more.
+        gc.collect()
+        gc.freeze()
         return ServiceParts(
             grpc_services=[
                 grpc_service(

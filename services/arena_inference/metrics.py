@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -62,16 +65,29 @@ ERRORS = Counter(
 
 
 class PrometheusTelemetry(Telemetry):
+    """Label children are looked up once per label set and kept: `labels()` takes a lock and
+    builds its key on every call, and a request reports several measurements."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        key = (family, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
     def cache_lookup(self, hit: bool) -> None:
         CACHE_LOOKUPS.inc()
         if hit:
             CACHE_HITS.inc()
 
     def request_finished(self, model: str, backend: BackendKind, outcome: str) -> None:
-        REQUESTS.labels(backend.value, outcome).inc()
+        self._child(REQUESTS, backend.value, outcome).inc()
 
     def error(self, model: str, backend: BackendKind, reason: str) -> None:
-        ERRORS.labels(backend.value, reason).inc()
+        self._child(ERRORS, backend.value, reason).inc()
 
     def generated(
         self,
@@ -81,17 +97,19 @@ class PrometheusTelemetry(Telemetry):
         latency_seconds: float,
         time_to_first_token: float | None,
     ) -> None:
-        GENERATED_TOKENS.labels(model).inc(completion_tokens)
-        REQUEST_SECONDS.labels(model).observe(latency_seconds)
+        self._child(GENERATED_TOKENS, model).inc(completion_tokens)
+        self._child(REQUEST_SECONDS, model).observe(latency_seconds)
         if time_to_first_token is not None:
-            TIME_TO_FIRST_TOKEN.labels(model).observe(time_to_first_token)
+            self._child(TIME_TO_FIRST_TOKEN, model).observe(time_to_first_token)
 
     def queue_depth(self, model: str, delta: int) -> None:
-        QUEUE_DEPTH.labels(model).inc(delta)
+        self._child(QUEUE_DEPTH, model).inc(delta)
 
 
 def sample_gpu_memory() -> int:
     """Sets the GPU memory gauges from every visible CUDA device; returns how many it saw."""
+    if "torch" not in sys.modules and not Path("/dev/nvidiactl").exists():
+        return 0  # no NVIDIA driver here: no need to import torch to find no GPU
     try:
         import torch
     except ImportError:

@@ -86,6 +86,9 @@ class InferenceOptions(BaseModel):
     batch_window_ms: float = Field(5.0, ge=0)
     batch_max_wait_ms: float = Field(50.0, ge=0)
     device: str = "cpu"
+    # Where the transformers backend decodes: a worker process per model (the default: its loop
+    # never waits for the GIL behind the event loop) or a thread of the service.
+    transformers_worker: Literal["process", "thread"] = "process"
     # Default for vLLM engines; a model's backend_options may override it.
     vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     # The OpenAI-compatible HTTP endpoint (/v1/chat/completions, /v1/models); port 0 turns it off.

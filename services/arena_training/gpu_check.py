@@ -1,19 +1,27 @@
-"""``python -m arena_training.gpu_check``: an SFT and a DPO run of a few steps with DeepSpeed
-ZeRO-2 on the GPU, through the same worker code as real runs, with a random ~1B-parameter
-Llama-shaped model and a tokenizer trained on the fly (nothing is downloaded). Prints one JSON
-line per stage with tokens/s, step time and peak GPU memory; exits non-zero without a GPU or
-without DeepSpeed. `make gpu-check` runs it on GPU nodes.
+"""``python -m arena_training.gpu_check``: an SFT and a DPO run of a few steps on the GPU, through
+the same worker code as real runs, with a random ~1B-parameter Llama-shaped model and a tokenizer
+trained on the fly (nothing is downloaded), under DeepSpeed ZeRO-2.
+
+What cannot run is reported rather than crashed on. Without DeepSpeed (a machine that cannot
+install it) the stages run without ZeRO, in bf16 on the one GPU, and the report says
+``"deepspeed": {"available": false, "reason": ...}``; without TRL no stage can run and the report
+says that instead. Prints one JSON line per stage (tokens/s, step time, peak GPU memory), then the
+whole report, which ``--record`` also writes to a file after every stage. Exits non-zero without
+a GPU, when no stage could run, or when a stage failed. `make gpu-check` runs it on GPU nodes;
+``--cpu`` rehearses it on the CPU with a tiny model (a check of the script, not a measurement).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import socket
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +37,45 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# TinyLlama's shape (22 layers, hidden 2048, grouped-query attention): ~1.1B parameters.
+ONE_BILLION: dict[str, Any] = {
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+}
+REHEARSAL: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
-def model_config(vocab_size: int = 8192) -> Any:
-    """TinyLlama's shape (22 layers, hidden 2048, grouped-query attention): ~1.1B parameters."""
+def model_config(vocab_size: int = 8192, shape: dict[str, Any] | None = None) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
         max_position_embeddings=2048,
         tie_word_embeddings=False,
+        **(shape or ONE_BILLION),
     )
 
 
-def build_model(folder: Path) -> Path:
+def availability(module: str) -> dict[str, Any]:
+    """Whether `module` imports here, with its version or the reason it does not."""
+    try:
+        imported = importlib.import_module(module)
+    except Exception as error:  # noqa: BLE001 - any import failure means "not available"
+        return {"available": False, "reason": f"{type(error).__name__}: {error}"}
+    return {"available": True, "version": str(getattr(imported, "__version__", "unknown"))}
+
+
+def build_model(folder: Path, shape: dict[str, Any] | None = None) -> Path:
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -70,11 +98,15 @@ def build_model(folder: Path) -> Path:
         tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>", unk_token="<|unk|>"
     )
     tokenizer.chat_template = CHATML
-    config = model_config(len(tokenizer))
+    config = model_config(len(tokenizer), shape)
     config.eos_token_id = tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
-    LlamaForCausalLM(config).save_pretrained(folder)  # type: ignore[no-untyped-call]
+    # Initialised on the GPU where there is one: a CPU takes many seconds over 1B weights.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    del model
     return folder
 
 
@@ -113,7 +145,17 @@ class _Recorder(Reporter):
             self.progress.append(marker)
 
 
-def run_stage(stage: Stage, model: Path, data: DataFiles, work: Path, steps: int) -> dict[str, Any]:
+def run_stage(
+    stage: Stage,
+    model: Path,
+    data: DataFiles,
+    work: Path,
+    steps: int,
+    *,
+    zero: bool = True,
+    batch_size: int = 4,
+    max_length: int = 1024,
+) -> dict[str, Any]:
     import torch
 
     from arena_training.worker.train import run_job
@@ -122,14 +164,14 @@ def run_stage(stage: Stage, model: Path, data: DataFiles, work: Path, steps: int
         stage,
         hyperparameters={
             "max_steps": steps,
-            "per_device_batch_size": 4,
+            "per_device_batch_size": batch_size,
             "gradient_accumulation_steps": 1,
-            "max_length": 1024,
+            "max_length": max_length,
             "logging_steps": 1,
             "save_steps": 10_000,
             "learning_rate": 1e-5,
         },
-        deepspeed={"zero_stage": 2},
+        deepspeed={"zero_stage": 2} if zero else None,
     )
     job = TrainingJob(
         run_id=f"gpu-check-{stage.value}",
@@ -142,19 +184,23 @@ def run_stage(stage: Stage, model: Path, data: DataFiles, work: Path, steps: int
         checkpoint_id=f"gpu-check-{stage.value}",
         model_name="gpu-check",
     )
-    torch.cuda.reset_peak_memory_stats()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     recorder = _Recorder()
     started = time.perf_counter()
     run_job(job, recorder)
     seconds = time.perf_counter() - started
     rates = [p.tokens_per_second for p in recorder.progress[1:] if p.tokens_per_second]
     return {
+        "ok": True,
         "stage": stage.value,
-        "deepspeed": "zero-2",
+        "deepspeed": "zero-2" if zero else "off",
+        "precision": "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32",
         "steps": steps,
         "tokens_per_second": round(sum(rates) / len(rates), 1) if rates else None,
         "seconds": round(seconds, 1),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "final_loss": recorder.progress[-1].loss if recorder.progress else None,
     }
 
@@ -177,25 +223,74 @@ def _single_process_distributed() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--stages", default="sft,dpo", help="comma-separated: sft, dpo")
+    parser.add_argument("--record", type=Path, help="also write the report to this file")
+    parser.add_argument(
+        "--cpu", action="store_true", help="rehearse on the CPU with a tiny model (no figures)"
+    )
     args = parser.parse_args(argv)
-    import importlib.util
-
     import torch
 
-    if not torch.cuda.is_available():
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "stages": {},
+    }
+
+    def save() -> None:
+        if args.record is not None:
+            args.record.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    if args.cpu:
+        report["rehearsal"] = "on the CPU with a tiny model: the script is checked, not measured"
+    elif not torch.cuda.is_available():
         print("gpu-check: no CUDA device is visible", file=sys.stderr)
+        report["error"] = "no CUDA device is visible"
+        save()
         return 1
-    if importlib.util.find_spec("deepspeed") is None:
-        print("gpu-check: DeepSpeed is not installed (the GPU image has it)", file=sys.stderr)
+    else:
+        report["device"] = torch.cuda.get_device_name(0)
+    report["trl"] = availability("trl")
+    report["deepspeed"] = availability("deepspeed")
+    save()
+    if not report["trl"]["available"]:
+        print(f"gpu-check: TRL is not importable ({report['trl']['reason']})", file=sys.stderr)
+        print(json.dumps(report))
         return 1
-    _single_process_distributed()
+    zero = bool(report["deepspeed"]["available"]) and not args.cpu
+    if zero:
+        _single_process_distributed()
+    else:
+        print(
+            "gpu-check: running without ZeRO: "
+            + (report["deepspeed"].get("reason") or "a CPU rehearsal"),
+            file=sys.stderr,
+        )
+    shape = REHEARSAL if args.cpu else None
+    size = {"batch_size": 2, "max_length": 128} if args.cpu else {}
     with tempfile.TemporaryDirectory(prefix="arena-gpu-check-") as tmp:
         work = Path(tmp)
-        model = build_model(work / "model")
+        model = build_model(work / "model", shape)
         sft, pairs = write_data(work)
-        for stage, data in ((Stage.SFT, sft), (Stage.DPO, pairs)):
-            print(json.dumps(run_stage(stage, model, data, work, args.steps)), flush=True)
-    return 0
+        for name in args.stages.split(","):
+            stage, data = {"sft": (Stage.SFT, sft), "dpo": (Stage.DPO, pairs)}[name.strip()]
+            try:
+                result = run_stage(stage, model, data, work, args.steps, zero=zero, **size)
+            except Exception as error:  # noqa: BLE001 - reported; the next stage still runs
+                traceback.print_exc()
+                result = {
+                    "ok": False,
+                    "stage": stage.value,
+                    "error": f"{type(error).__name__}: {error}",
+                }
+            report["stages"][stage.value] = result
+            print(json.dumps(result), flush=True)
+            save()
+    report["ok"] = bool(report["stages"]) and all(r["ok"] for r in report["stages"].values())
+    save()
+    print(json.dumps(report))
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def backend_factory(options: InferenceOptions, secrets: SecretResolver) -> Backe
                 batch_window_seconds=options.batch_window_ms / 1000,
                 batch_max_wait_seconds=options.batch_max_wait_ms / 1000,
                 device=options.device,
+                worker=options.transformers_worker,
             )
         if spec.backend == BackendKind.VLLM:
             return VllmBackend(spec, gpu_memory_utilization=options.vllm_gpu_memory_utilization)

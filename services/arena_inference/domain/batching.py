@@ -4,7 +4,11 @@ A batch is collected while requests keep arriving: it goes once no request has a
 `window_seconds`, once it is full, or `max_wait_seconds` after its first request, whichever comes
 first (a lone request waits one window). Requests that arrive while a batch runs form the next
 one and go as soon as it is done.
-Batches run one at a time, since one model serves them all. Items with different keys (e.g.
+Batches are computed one at a time, since one model serves them all. With ``max_in_flight`` above
+one, a full batch is handed over while the previous one is still being computed, so a backend
+that queues its work (a worker process) starts the next batch the moment it finishes one instead
+of idling until this event loop gets round to handing it over; only a full batch goes ahead of
+time, so batches never get smaller than they would have been. Items with different keys (e.g.
 different LoRA adapters) never share a batch.
 """
 
@@ -38,16 +42,24 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         window_seconds: float,
         max_wait_seconds: float | None = None,
         key: Callable[[ItemT], Hashable] = lambda _: None,
+        max_in_flight: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self._run_batch = run_batch
         self._max = max_batch_size
         self._window = window_seconds
         self._max_wait = 10 * window_seconds if max_wait_seconds is None else max_wait_seconds
         self._key = key
+        self._max_in_flight = max_in_flight
         self._waiting: list[_Pending[ItemT, ResultT]] = []
         self._arrived = asyncio.Event()
+        # Set on every arrival and every finished batch: what the worker waits for while a
+        # batch is being computed.
+        self._changed = asyncio.Event()
+        self._running: dict[asyncio.Task[None], list[_Pending[ItemT, ResultT]]] = {}
         self._worker: asyncio.Task[None] | None = None
         self.batches_run = 0
 
@@ -67,28 +79,53 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             self._waiting.append(_Pending(item, self._key(item), future))
             futures.append(future)
         self._arrived.set()
+        self._changed.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="dynamic-batcher")
         return futures
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        """Cancels every request, waiting or being computed."""
+        unanswered = [*self._waiting, *(p for batch in self._running.values() for p in batch)]
+        tasks = [task for task in (self._worker, *self._running) if task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        for pending in self._waiting:
+                await task
+        for pending in unanswered:
             if not pending.future.done():
                 pending.future.cancel()
         self._waiting.clear()
+        self._running.clear()
 
     async def _work(self) -> None:
         while self._waiting:
-            await self._collect()
+            if self._running:
+                # A batch is being computed: the next one goes ahead of time only when there is
+                # room for it and it is full; otherwise wait for an arrival or the end of a batch.
+                self._changed.clear()
+                if len(self._running) >= self._max_in_flight or not self._first_key_full():
+                    await self._changed.wait()
+                    continue
+            else:
+                await self._collect()
             batch = self._take()
-            if not batch:
-                continue
-            await self._run(batch)
+            if batch:
+                self._launch(batch)
         self._arrived.clear()
+
+    def _launch(self, batch: list[_Pending[ItemT, ResultT]]) -> None:
+        task = asyncio.create_task(self._run(batch), name="dynamic-batch")
+        self._running[task] = batch
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._changed.set()
+
+    def _first_key_full(self) -> bool:
+        return bool(self._waiting) and self._count_of(self._waiting[0].key) >= self._max
 
     async def _collect(self) -> None:
         """Waits while requests keep arriving, until the first key's batch is full."""

@@ -7,6 +7,7 @@ the engine, the registry and the backends can be tested without any transport.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -88,18 +89,18 @@ class Sampling:
     def merged(self, defaults: Sampling) -> Sampling:
         """These settings, with every unset field taken from `defaults`."""
         values: dict[str, Any] = {}
-        for item in dataclasses.fields(self):
-            mine = getattr(self, item.name)
-            unset = mine is None or (item.name == "stop" and not mine)
-            values[item.name] = getattr(defaults, item.name) if unset else mine
+        for name in _SAMPLING_FIELDS:
+            mine = getattr(self, name)
+            unset = mine is None or (name == "stop" and not mine)
+            values[name] = getattr(defaults, name) if unset else mine
         return Sampling(**values)
 
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set, for cache keys and logs (unset fields are left out)."""
         values = {
-            item.name: getattr(self, item.name)
-            for item in dataclasses.fields(self)
-            if getattr(self, item.name) is not None
+            name: getattr(self, name)
+            for name in _SAMPLING_FIELDS
+            if getattr(self, name) is not None
         }
         values["stop"] = list(self.stop)
         if not values["stop"]:
@@ -118,6 +119,10 @@ class Sampling:
     @property
     def n_or_default(self) -> int:
         return 1 if self.n is None else self.n
+
+
+# Every request merges and hashes its sampling: the field names are looked up once.
+_SAMPLING_FIELDS = tuple(item.name for item in dataclasses.fields(Sampling))
 
 
 @dataclass(frozen=True)
@@ -154,10 +159,11 @@ class ModelSpec:
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def resolved_revision(self) -> str:
         """The revision answers are recorded under: the declared one, or one derived from the
-        location, so two checkpoints registered under one name never share cached answers."""
+        location, so two checkpoints registered under one name never share cached answers.
+        Computed once per spec (specs are frozen): every request asks for it."""
         if self.revision:
             return self.revision
         from arena_core.hashing import content_hash

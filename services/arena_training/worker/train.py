@@ -464,8 +464,8 @@ def rl_steps(job: TrainingJob, prompts: int) -> int:
     batch x accumulation x processes completions, `num_generations` per prompt."""
     h = job.recipe.hyperparameters
     assert job.recipe.rl is not None
-    completions_per_step = h.per_device_batch_size * h.accumulation_for(job.world_size) * max(
-        job.world_size, 1
+    completions_per_step = (
+        h.per_device_batch_size * h.accumulation_for(job.world_size) * max(job.world_size, 1)
     )
     per_epoch = prompts * job.recipe.rl.num_generations
     if per_epoch < completions_per_step:

@@ -1,17 +1,20 @@
 """The transformers backend on a tiny random Llama: batching, chat template, every sampling
-parameter, seeds, stop strings, streaming and LoRA adapters."""
+parameter, seeds, stop strings, streaming and LoRA adapters, decoding in a worker process and in
+a thread; a worker process that dies is started again."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from arena_core.errors import InvalidArgumentError
-from arena_inference.backends.transformers_backend import TransformersBackend
+from arena_core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from arena_inference.backends.transformers_backend import WORKER_KINDS, TransformersBackend
 from arena_inference.domain.backend import BackendRequest, DeltaSink
 from arena_inference.domain.types import (
     AdapterSpec,
@@ -28,10 +31,13 @@ from tests.support.tiny_models import tiny_chat_model
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def backend() -> AsyncIterator[TransformersBackend]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=WORKER_KINDS)
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[TransformersBackend]:
+    """Every test runs against both workers: a process of its own (the default) and a thread."""
     spec = ModelSpec("tiny", BackendKind.TRANSFORMERS, uri=str(tiny_chat_model()))
-    instance = TransformersBackend(spec, max_batch_size=8, batch_window_seconds=0.01)
+    instance = TransformersBackend(
+        spec, max_batch_size=8, batch_window_seconds=0.01, worker=request.param
+    )
     await instance.load()
     yield instance
     await instance.unload()
@@ -63,8 +69,10 @@ async def run(backend: TransformersBackend, *requests: BackendRequest) -> list[C
 
 
 async def test_the_chat_template_is_applied(backend: TransformersBackend) -> None:
+    from transformers import AutoTokenizer
+
     prompt = backend.encode((ChatMessage(Role.USER, "hi"),))
-    tokenizer = backend._tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model())
     expected = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
     )
@@ -244,3 +252,67 @@ async def test_a_prompt_beyond_the_context_fails_alone_and_max_tokens_fits_the_r
     assert isinstance(results[1], Completion)
     assert isinstance(results[2], Completion)
     assert results[2].completion_tokens <= 3
+
+
+async def test_the_default_worker_is_a_process_of_its_own() -> None:
+    spec = ModelSpec("tiny-pid", BackendKind.TRANSFORMERS, uri=str(tiny_chat_model()))
+    instance = TransformersBackend(spec)
+    await instance.load()
+    try:
+        pid = instance.worker_pid
+        assert pid is not None
+        assert pid != os.getpid()
+    finally:
+        await instance.unload()
+    assert instance.worker_pid is None
+
+
+async def test_a_killed_worker_fails_its_batch_and_a_new_one_serves_the_next(
+    tmp_path: Path,
+) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_chat_model()),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    lora.save_pretrained(tmp_path / "style")
+    spec = ModelSpec("tiny-restart", BackendKind.TRANSFORMERS, uri=str(tiny_chat_model()))
+    instance = TransformersBackend(spec, max_batch_size=4, batch_window_seconds=0.001)
+    await instance.load()
+    try:
+        await instance.load_adapter(AdapterSpec("style", str(tmp_path / "style")))
+        (styled,) = await run(instance, ask(instance, temperature=0.0, adapter="style"))
+        # Long enough that the kill below lands while it decodes (checked, not assumed).
+        long = {"temperature": 1.0, "seed": 7, "n": 4, "max_tokens": 450}
+        (full,) = await run(instance, ask(instance, **long))
+        assert max(choice.completion_tokens for choice in full.choices) >= 300
+        first_pid = instance.worker_pid
+        assert first_pid is not None
+        loop = asyncio.get_running_loop()
+        decoding = asyncio.Event()
+
+        def started(index: int, text: str) -> None:
+            loop.call_soon_threadsafe(decoding.set)
+
+        task = asyncio.create_task(instance.generate([ask(instance, on_delta=started, **long)]))
+        await asyncio.wait_for(decoding.wait(), 60)
+        os.kill(first_pid, signal.SIGKILL)
+        (lost,) = await asyncio.wait_for(task, 60)
+
+        assert isinstance(lost, UnavailableError)
+        (again,) = await run(instance, ask(instance, temperature=0.0, adapter="style"))
+        assert instance.worker_pid not in (None, first_pid)
+        assert again.choices[0].text == styled.choices[0].text  # the adapter is back too
+    finally:
+        await instance.unload()
+
+
+async def test_weights_that_do_not_load_fail_the_load_with_the_reason(tmp_path: Path) -> None:
+    spec = ModelSpec("no-weights", BackendKind.TRANSFORMERS, uri=str(tmp_path))
+    instance = TransformersBackend(spec)
+
+    with pytest.raises(FailedPreconditionError, match="cannot load weights for model 'no-weights'"):
+        await instance.load()
+    assert instance.worker_pid is None

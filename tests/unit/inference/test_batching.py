@@ -130,3 +130,75 @@ async def test_a_steady_stream_is_cut_at_the_longest_wait() -> None:
     await asyncio.gather(*tasks)
 
     assert len(run.batches) >= 2
+
+
+class Overlap(Recorder):
+    """Records how many batches were being computed at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.running = 0
+        self.most_at_once = 0
+
+    async def __call__(self, items: Sequence[str]) -> list[str | Exception]:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return await super().__call__(items)
+        finally:
+            self.running -= 1
+
+
+async def test_batches_are_computed_one_at_a_time_by_default() -> None:
+    run = Overlap(delay=0.02)
+    batcher: DynamicBatcher[str, str] = DynamicBatcher(run, max_batch_size=2, window_seconds=0)
+
+    await asyncio.gather(*(batcher.submit(f"r{i}") for i in range(6)))
+
+    assert run.most_at_once == 1
+    assert run.batches == [["r0", "r1"], ["r2", "r3"], ["r4", "r5"]]
+
+
+async def test_a_full_batch_is_handed_over_while_the_previous_one_is_computed() -> None:
+    run = Overlap(delay=0.05)
+    batcher: DynamicBatcher[str, str] = DynamicBatcher(
+        run, max_batch_size=2, window_seconds=0.01, max_in_flight=2
+    )
+
+    results = await asyncio.gather(*(batcher.submit(f"r{i}") for i in range(6)))
+
+    assert results == ["R0", "R1", "R2", "R3", "R4", "R5"]
+    assert run.most_at_once == 2
+    assert run.batches == [["r0", "r1"], ["r2", "r3"], ["r4", "r5"]]
+
+
+async def test_a_partial_batch_waits_for_the_running_one_and_keeps_collecting() -> None:
+    run = Overlap(delay=0.05)
+    batcher: DynamicBatcher[str, str] = DynamicBatcher(
+        run, max_batch_size=4, window_seconds=0.001, max_in_flight=2
+    )
+
+    first = [asyncio.create_task(batcher.submit(f"a{i}")) for i in range(4)]
+    await asyncio.sleep(0.01)  # the first batch is being computed
+    second = [asyncio.create_task(batcher.submit("b0"))]
+    await asyncio.sleep(0.02)  # longer than the window: it would have gone alone
+    second.append(asyncio.create_task(batcher.submit("b1")))
+    await asyncio.gather(*first, *second)
+
+    assert run.most_at_once == 1
+    assert run.batches == [["a0", "a1", "a2", "a3"], ["b0", "b1"]]
+
+
+async def test_closing_cancels_requests_waiting_and_being_computed() -> None:
+    run = Overlap(delay=10)
+    batcher: DynamicBatcher[str, str] = DynamicBatcher(
+        run, max_batch_size=1, window_seconds=0, max_in_flight=2
+    )
+    tasks = [asyncio.create_task(batcher.submit(f"r{i}")) for i in range(3)]
+    await asyncio.sleep(0.01)
+
+    await batcher.close()
+
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(result, asyncio.CancelledError) for result in results)
+    assert batcher.queued == 0

@@ -1,6 +1,7 @@
 """`make gpu-check` (tools/gpu_check.py) rehearsed on the CPU with vLLM faked: the throughput,
 LoRA and checkpoint-swap checks run the same engine and backend code they will run on a GPU, so
-a mistake in the script shows here rather than on a borrowed GPU machine."""
+a mistake in the script shows here rather than on a borrowed GPU machine. Its path without vLLM
+(the transformers backend) is rehearsed for real in tests/integration/inference."""
 
 from __future__ import annotations
 
@@ -59,14 +60,16 @@ async def test_the_backend_throughput_run_generates_every_prompt(script: ModuleT
 
 
 async def test_the_lora_check_passes_when_the_adapter_changes_answers(script: ModuleType) -> None:
-    result = await script.lora_check(Path("/models/1b"), Path("/lora"), 0.3)
+    target = script.Target("vllm", utilization=0.3)
+    result = await script.lora_check(target, Path("/models/1b"), Path("/lora"))
 
     assert result["ok"], result
     assert fake.FakeEngine.created[0].args.values["enable_lora"] is True
 
 
 async def test_the_swap_check_passes_when_no_request_fails(script: ModuleType) -> None:
-    result = await script.swap_check(Path("/models/1b"), Path("/models/v2"), 0.3, 0.05)
+    target = script.Target("vllm", utilization=0.3)
+    result = await script.swap_check(target, Path("/models/1b"), Path("/models/v2"), 0.05)
 
     assert result["ok"], result
     assert result["served_by_old"] > 0
@@ -98,3 +101,14 @@ def test_the_model_shape_is_about_one_billion_parameters(script: ModuleType) -> 
     total = layers * per_layer + 2 * 8192 * hidden
 
     assert 0.9e9 < total < 1.2e9
+
+
+def test_vllm_is_reported_missing_with_the_reason(
+    script: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what an import of a missing package meets
+
+    status = script.vllm_status()
+
+    assert status["available"] is False
+    assert "vllm" in status["reason"]

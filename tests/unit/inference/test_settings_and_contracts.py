@@ -113,6 +113,28 @@ def test_the_factory_builds_each_backend_and_resolves_the_api_key() -> None:
         create(ModelSpec("e", BackendKind.OPENAI, endpoint="http://x/v1", api_key_secret="nope"))
 
 
+def test_the_transformers_backend_decodes_where_the_settings_say() -> None:
+    def build(options: InferenceOptions, spec: ModelSpec) -> TransformersBackend:
+        backend = backend_factory(options, SecretResolver({}))(spec)
+        assert isinstance(backend, TransformersBackend)
+        return backend
+
+    spec = ModelSpec("a", BackendKind.TRANSFORMERS, uri="/m")
+    per_model = ModelSpec(
+        "b", BackendKind.TRANSFORMERS, uri="/m", backend_options={"worker": "thread"}
+    )
+
+    assert build(InferenceOptions(), spec).worker_kind == "process"
+    assert build(InferenceOptions(transformers_worker="thread"), spec).worker_kind == "thread"
+    assert build(InferenceOptions(), per_model).worker_kind == "thread"
+    with pytest.raises(ValueError, match="transformers_worker"):
+        InferenceOptions(transformers_worker="fork")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=r"backend_options\.worker"):
+        TransformersBackend(
+            ModelSpec("c", BackendKind.TRANSFORMERS, uri="/m", backend_options={"worker": "x"})
+        )
+
+
 def test_specs_round_trip_through_the_contract() -> None:
     spec = ModelSpec(
         name="m",
