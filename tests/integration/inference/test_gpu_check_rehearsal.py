@@ -5,7 +5,6 @@ path a lent GPU machine takes, since vLLM cannot be carried there."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,18 +12,13 @@ from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.support.scripts import load_tool
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_check", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("gpu_check")
 
 
 def test_without_vllm_the_checks_run_on_the_transformers_backend(

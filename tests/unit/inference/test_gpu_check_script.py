@@ -5,7 +5,6 @@ a mistake in the script shows here rather than on a borrowed GPU machine. Its pa
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -13,21 +12,15 @@ from types import ModuleType
 import pytest
 
 from arena_inference.backends import vllm_backend
+from tests.support.scripts import load_tool
 
 from . import test_vllm_backend as fake
 
-REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_check", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("gpu_check")
 
 
 class SlowFakeEngine(fake.FakeEngine):
