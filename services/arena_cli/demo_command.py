@@ -123,7 +123,8 @@ async def _show(
     console.print(f"flywheel spec: {spec_file}")
     # One run per spec: running the demo again resumes or re-reports the same run, and every
     # answer, judgment and training run it already made is reused.
-    run_id = f"demo-{seed}-{hashlib.sha256(spec_yaml.encode()).hexdigest()[:8]}"
+    data = _digest(spec_yaml.encode(), assets.pool.read_bytes(), assets.test_set.read_bytes())
+    run_id = f"demo-{seed}-{data}"
     report = await _run_flywheel(ports, spec_yaml, run_id)
     _verdict(report)
     console.print(f"done in {time.monotonic() - started:.0f}s")
@@ -145,7 +146,13 @@ async def _warm_up(ports: StackPorts, assets: DemoAssets, seed: int) -> dict[str
         ) as bars:
             for run in assets.warmup:
                 base = checkpoints.get(run.after or "", "")
-                checkpoint = await _train(stub, run, base, f"demo-{seed}-{run.model_name}", bars)
+                # Named by what it trains on, so changed data or recipes train anew.
+                inputs = _digest(
+                    run.spec(base or "base").SerializeToString(deterministic=True),
+                    run.dataset.read_bytes(),
+                )
+                run_id = f"demo-{seed}-{run.model_name}-{inputs}"
+                checkpoint = await _train(stub, run, base, run_id, bars)
                 checkpoints[run.model_name] = checkpoint.checkpoint_id
                 paths[run.model_name] = _local_path(checkpoint.artifact.uri)
     finally:
@@ -231,6 +238,13 @@ def _verdict(report: pb.RunReport) -> None:
         f"[bold green]the target improved[/]: Elo {first.rating:.1f} → {last.rating:.1f}, "
         f"95% CIs apart ({first.ci_high:.1f} < {last.ci_low:.1f})"
     )
+
+
+def _digest(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:8]
 
 
 def _local_path(uri: str) -> Path:
