@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from arena_core.errors import ConfigurationError
 
+log = logging.getLogger(__name__)
+
 EXIT_CONFIGURATION_ERROR = 2
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], retry_seconds: float = 1.0) -> None:
+    """Cancels the tasks and waits until every one has ended.
+
+    A task that is still running after `retry_seconds` is cancelled again: on Python 3.11
+    `asyncio.wait_for` (inside nats-py's requests) can swallow a cancellation that lands as its
+    inner call completes, and a background loop would then run on and hold up the shutdown.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=retry_seconds)
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, outcome in zip(tasks, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            log.error("%s had failed: %r", task.get_name(), outcome)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -8,7 +8,6 @@ OpenAI-compatible HTTP endpoint, Prometheus telemetry and the GPU memory sampler
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from contextlib import AsyncExitStack
@@ -26,6 +25,7 @@ from arena_core.bus.topology import (
     ensure_streams,
 )
 from arena_core.errors import ArenaError
+from arena_core.lifecycle import cancel_and_wait
 from arena_core.rpc.server import grpc_service
 from arena_core.service_host import Bus, ServiceParts, Subscription, Wiring
 from arena_inference.answer_cache import KvAnswerCache
@@ -118,7 +118,7 @@ def wiring(settings: InferenceSettings) -> Wiring:
                 gpu_memory_sampler(options.gpu_metrics_interval_seconds), name="gpu-memory"
             ),
         ]
-        stack.push_async_callback(_cancel, helpers)
+        stack.push_async_callback(cancel_and_wait, helpers)
         await asyncio.to_thread(sample_gpu_memory)  # before the freeze: it may import torch
         # What exists now (modules, settings, loaded models) lives as long as the service: keep
         # it out of the collector's full passes, which otherwise walk every object of torch,
@@ -138,16 +138,6 @@ def wiring(settings: InferenceSettings) -> Wiring:
         )
 
     return wire
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s had failed: %r", task.get_name(), task.exception())
 
 
 class RegistryEvents:

@@ -20,6 +20,7 @@ from nats.js.errors import NotFoundError as NatsNotFoundError
 from arena.judge.v1 import events_pb2 as judge_events_pb2
 from arena.rating.v1 import events_pb2, rating_service_pb2, rating_service_pb2_grpc
 from arena_core.bus.topology import ConsumerSpec, domain_streams, ensure_key_value, stream_for
+from arena_core.lifecycle import cancel_and_wait
 from arena_core.rpc.server import grpc_service
 from arena_core.service_host import Bus, ServiceParts, Subscription, Wiring
 from arena_rating.aggregator import Aggregates
@@ -48,12 +49,6 @@ async def _replay_judgments(js: JetStreamContext, stream: str) -> None:
             "(battles recorded over RPC are not recoverable)"
         )
         await js.delete_consumer(stream, JUDGMENTS_DURABLE)
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def wiring(settings: RatingSettings) -> Wiring:
@@ -102,7 +97,7 @@ def wiring(settings: RatingSettings) -> Wiring:
             ),
             asyncio.create_task(app.run_schedule(), name="rating-schedule"),
         ]
-        stack.push_async_callback(_cancel, jobs)
+        stack.push_async_callback(cancel_and_wait, jobs)
 
         return ServiceParts(
             grpc_services=[
