@@ -82,7 +82,9 @@ class Stack:
         self.metrics_port = metrics_port
         self.address = ""
 
-    async def finish(self, job: pb.SelectionJob, timeout: float = 60) -> pb.SelectionJob:
+    # Generous: the first job that embeds loads the sentence-transformers model, which in a
+    # fresh environment (nothing byte-compiled yet, a busy CI machine) can take a minute alone.
+    async def finish(self, job: pb.SelectionJob, timeout: float = 240) -> pb.SelectionJob:
         async def watch() -> pb.SelectionJob:
             last = job
             async for update in self.stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id)):
