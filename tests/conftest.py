@@ -29,3 +29,14 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 @pytest.fixture
 def nats_url(nats_server: NatsServer) -> str:
     return nats_server.url
+
+
+@pytest.fixture(scope="module")
+def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A nats-server of one test module's own: its durable consumers start from an empty event
+    history instead of working through everything earlier tests published."""
+    store = tmp_path_factory.mktemp("private-js")
+    server = NatsServer(store, free_port(), log_file=store / "nats.log")
+    server.start()
+    yield server
+    server.stop()

@@ -27,7 +27,7 @@ from arena.judge.v1 import judge_service_pb2_grpc as judge_grpc
 from arena.selection.v1 import events_pb2
 from arena.selection.v1 import selection_service_pb2 as pb
 from arena.selection.v1 import selection_service_pb2_grpc as pb_grpc
-from arena_cli.nats_server import free_port
+from arena_cli.nats_server import NatsServer, free_port
 from arena_cli.selection_commands import data
 from arena_core.bus.events import EventPublisher
 from arena_core.service_host import ServiceHost
@@ -95,7 +95,8 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(private_nats: NatsServer, tmp_path: Path) -> AsyncIterator[Stack]:
+    nats_url = private_nats.url
     judge, inference = FakeJudge(), FakeInference({})
     fakes = aio.server()
     judge_grpc.add_JudgeServiceServicer_to_server(judge, fakes)
