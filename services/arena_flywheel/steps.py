@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -154,6 +154,7 @@ class StepRunner:
         self._selection = selection
         self._training = training
         self._inference = inference
+        self._batch_size = options.generation_batch_size
 
     async def run(self, view: RunView, position: Position, progress: Progress) -> pb.StepResult:
         steps = {
@@ -320,10 +321,15 @@ class StepRunner:
         records = await self._slice_records(view, position.iteration, position.stage)
         battle = Position(position.iteration, position.stage, Step.BATTLE)
         target = view.result(battle).model
-        # The battle step's answers, read back under the same ids (all cached by now).
-        answers = await self._generate(
-            view, battle, records, [target, *view.spec.opponents], None, "gen"
-        )
+        # The battle step's answers, read back under the ids it asked with: already recorded,
+        # so nothing is asked of the inference service again.
+        asked = [
+            event_id
+            for event_id, _, _ in _generation_batches(
+                view, battle, records, [target, *view.spec.opponents], self._batch_size
+            )
+        ]
+        answers = await self._answers(asked, None)
         pairs = training_pairs(target, view.spec.opponents)
         judgments = await self._judge_pairs(
             view, position, records, pairs, answers, progress, arena=""
@@ -363,27 +369,31 @@ class StepRunner:
         if view.spec.generation.seed is not None:
             sampling.seed = view.spec.generation.seed
         asked: list[str] = []
-        for model in dict.fromkeys(models):
-            for number, chunk in enumerate(chunks(records, self._options.generation_batch_size)):
-                event_id = work_id(view.run_id, position, f"{part}-{_short(model)}-{number}")
-                tasks = [
-                    inference_pb.GenerationTask(
-                        input=inference_pb.GenerationInput(
-                            model=common_pb2.ModelRef(name=model),
-                            messages=_prompt_messages(record),
-                            sampling=sampling,
-                        ),
-                        context=_context(view, position, record.id),
-                    )
-                    for record in chunk
-                ]
-                await self._publisher.publish(
-                    inference_events.GenerationBatchRequested(tasks=tasks),
-                    event_id=event_id,
-                    correlation_id=view.run_id,
-                    partition=partition_token(model),
+        for event_id, model, chunk in _generation_batches(
+            view, position, records, models, self._batch_size, part
+        ):
+            tasks = [
+                inference_pb.GenerationTask(
+                    input=inference_pb.GenerationInput(
+                        model=common_pb2.ModelRef(name=model),
+                        messages=_prompt_messages(record),
+                        sampling=sampling,
+                    ),
+                    context=_context(view, position, record.id),
                 )
-                asked.append(event_id)
+                for record in chunk
+            ]
+            await self._publisher.publish(
+                inference_events.GenerationBatchRequested(tasks=tasks),
+                event_id=event_id,
+                correlation_id=view.run_id,
+                partition=partition_token(model),
+            )
+            asked.append(event_id)
+        return await self._answers(asked, progress)
+
+    async def _answers(self, asked: Sequence[str], progress: Progress | None) -> Answers:
+        """The generation ids the answered batches hold, by (prompt id, model)."""
         found = await self._results.wait_all(asked, _scaled(progress, "batches"))
         ids: dict[tuple[str, str], str] = {}
         failed = 0
@@ -711,6 +721,20 @@ def _context(view: RunView, position: Position, item_id: str) -> common_pb2.Work
     if position.stage is not None:
         context.stage = STAGE_TO_PROTO[position.stage]
     return context
+
+
+def _generation_batches(
+    view: RunView,
+    position: Position,
+    records: Sequence[common_pb2.Conversation],
+    models: Sequence[str],
+    batch_size: int,
+    part: str = "gen",
+) -> Iterator[tuple[str, str, Sequence[common_pb2.Conversation]]]:
+    """(event id, model, prompts) of each generation batch a step asks for, in a stable order."""
+    for model in dict.fromkeys(models):
+        for number, chunk in enumerate(chunks(records, batch_size)):
+            yield work_id(view.run_id, position, f"{part}-{_short(model)}-{number}"), model, chunk
 
 
 def _prompt_messages(record: common_pb2.Conversation) -> list[common_pb2.ChatMessage]:
